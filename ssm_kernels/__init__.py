@@ -1,0 +1,6 @@
+"""Reference ops and Pallas kernels for selective scans, SSD and B'MOJO attention (no Flax).
+
+Every op takes ``implementation=``: ``None`` (auto: Pallas on GPU/TPU, XLA elsewhere),
+``"xla"`` (parallel pure-JAX form), the op's other XLA forms (e.g. ``"sequential"``, the
+``lax.scan`` reference) and, where a kernel exists, ``"pallas"`` and ``"interpret"``.
+"""
