@@ -69,12 +69,27 @@ def _run(model: TangentModel, d, opt_state, features, targets, key, first_step, 
     return d, opt_state, losses
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(loss_fn, optimizer, batch_size, dp, vmapped: bool):
+    """The jitted ``_run`` (vmapped over components if asked), cached so that repeated fits
+    with the same loss, optimizer and settings (e.g. one per shard) compile once."""
+    run = functools.partial(_run, loss_fn=loss_fn, optimizer=optimizer, batch_size=batch_size, dp=dp)
+
+    def run_all(model, d, opt_state, f, y, key, first, *, n_steps):
+        return jax.vmap(functools.partial(run, n_steps=n_steps), in_axes=(None, 0, 0, 0, 0, 0, None))(
+            model, d, opt_state, f, y, key, first)
+
+    return jax.jit(run_all if vmapped else run, static_argnames="n_steps")
+
+
+_features = jax.jit(lambda model, *inputs: model.features(*inputs))
+
+
 def compute_features(model: TangentModel, inputs, chunk: int = 1024):
     """``model.features(*inputs)`` over the leading (example) axis, ``chunk`` examples per call."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     n = inputs[0].shape[0]
-    fn = jax.jit(lambda m, *x: m.features(*x))
-    parts = [fn(model, *_take(inputs, slice(i, i + chunk))) for i in range(0, n, chunk)]
+    parts = [_features(model, *_take(inputs, slice(i, i + chunk))) for i in range(0, n, chunk)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
@@ -123,8 +138,7 @@ def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransf
     key = jax.random.key(0) if key is None else key
     d = model.zeros() if tangent is None else tangent
     features = compute_features(model, inputs)
-    run = jax.jit(functools.partial(_run, loss_fn=losses_lib.get(loss), optimizer=optimizer,
-                                    batch_size=batch_size, dp=dp), static_argnames="n_steps")
+    run = _compiled(losses_lib.get(loss), optimizer, batch_size, dp, vmapped=False)
 
     carry = (d, optimizer.init(d), features, targets, key)
     d, losses = _loop(lambda *a, n_steps: run(model, *a, n_steps=n_steps), carry, steps, log_every,
@@ -161,13 +175,7 @@ def fit_components(model: TangentModel, inputs, targets, *, optimizer: optax.Gra
         shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("components"))
         carry = jax.device_put(carry, shard)
         model = jax.device_put(model, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    run = functools.partial(_run, loss_fn=losses_lib.get(loss), optimizer=optimizer, batch_size=batch_size, dp=dp)
-
-    @functools.partial(jax.jit, static_argnames="n_steps")
-    def run_all(model_, d, opt_state, f, y, kk, first, *, n_steps):
-        return jax.vmap(functools.partial(run, n_steps=n_steps), in_axes=(None, 0, 0, 0, 0, 0, None))(
-            model_, d, opt_state, f, y, kk, first)
-
-    d, losses = _loop(lambda *a, n_steps: run_all(model, *a, n_steps=n_steps), carry, steps, log_every,
+    run = _compiled(losses_lib.get(loss), optimizer, batch_size, dp, vmapped=True)
+    d, losses = _loop(lambda *a, n_steps: run(model, *a, n_steps=n_steps), carry, steps, log_every,
                       progress, f"tangent fit x{k}")
     return FitResult(d, losses)
