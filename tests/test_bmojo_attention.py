@@ -240,12 +240,17 @@ def differentiable(form, args, window):
 
 
 def test_autodiff_matches_finite_differences():
-    """jvp, vjp and every second-order pair (jvp of jvp, grad of jvp, ...) in float64."""
+    """jvp and vjp, then jvp-of-jvp and grad-of-jvp (the tangent map, jitted) in float64."""
     with jax.enable_x64(True):
         args = make_inputs(8, batch=1, length=9, heads=2, kv_heads=1, head_dim=4,
                            memory="chunked", slots=3, chunk=4, dtype=jnp.float64)
         f, xs = differentiable("xla", args, 2)
-        check_grads(jax.jit(f), xs, order=2, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+        tangents = make_inputs(10, batch=1, length=9, heads=2, kv_heads=1, head_dim=4,
+                               memory="chunked", slots=3, chunk=4, dtype=jnp.float64)
+        ts = tuple(tangents[n] for n in DIFF_NAMES)
+        check_grads(jax.jit(f), xs, order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
+        tangent_map = jax.jit(lambda *xs: jax.jvp(f, xs, ts)[1])
+        check_grads(tangent_map, xs, order=1, modes=("fwd", "rev"), atol=1e-5, rtol=1e-5)
 
 
 def test_linearize_matches_jvp():
