@@ -7,3 +7,4 @@ Every op takes ``implementation=``: ``None`` (auto: Pallas on GPU/TPU, XLA elsew
 
 from ssm_kernels.duality import ssd
 from ssm_kernels.scan import selective_scan
+from ssm_kernels.attention import bmojo_attention
