@@ -16,7 +16,6 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,7 +61,7 @@ class Composition:
         """Add component ``name`` (ValueError if present or if its paths differ from the model's)."""
         if name in self._components:
             raise ValueError(f"component {name!r} is already in the composition; remove it first")
-        vector = self.model._check(vector)
+        vector = self.model.as_vector(vector)
         self._components[name] = vector
         self._weights[name] = float(weight)
         return self

@@ -78,7 +78,9 @@ class TangentModel:
             leaves[index[path]] = value
         return jax.tree.unflatten(treedef, leaves)
 
-    def _check(self, d: Mapping[str, jax.Array]) -> TangentVector:
+    def as_vector(self, d: Mapping[str, jax.Array]) -> TangentVector:
+        """``d`` as a ``TangentVector`` in the parameters' dtypes; ValueError unless it holds
+        exactly the trainable paths with the parameters' shapes."""
         if not isinstance(d, Mapping) or set(d) != set(self.trainable):
             got = sorted(d) if isinstance(d, Mapping) else type(d).__name__
             raise ValueError(f"d must map exactly the trainable paths {sorted(self.trainable)}; got {got}")
@@ -101,7 +103,7 @@ class TangentModel:
 
     def jvp_features(self, d: Mapping[str, jax.Array], features):
         """``(f(x; w0), J_S(x) d)`` from cached ``features``."""
-        d = self._check(d)
+        d = self.as_vector(d)
         return jax.jvp(lambda w: self._head(self.merge(w), features), (self.primal(),), (d,))
 
     def apply_features(self, d: Mapping[str, jax.Array], features):
@@ -119,7 +121,7 @@ class TangentModel:
 
     def apply_nonlinear(self, d: Mapping[str, jax.Array], *inputs):
         """The original network at ``w0 + d`` (for comparison; not linear in ``d``)."""
-        d = self._check(d)
+        d = self.as_vector(d)
         w = jax.tree.map(jnp.add, self.primal(), d)
         return self._head(self.merge(w), self.features(*inputs))
 

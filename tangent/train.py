@@ -152,7 +152,7 @@ def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransf
     n = _check_data(inputs, targets, ())
     _check_batch(batch_size, n)
     key = jax.random.key(0) if key is None else key
-    d = model.zeros() if tangent is None else tangent
+    d = model.zeros() if tangent is None else model.as_vector(tangent)
     features = compute_features(model, inputs)
     run = _compiled(losses_lib.get(loss), optimizer, batch_size, dp, vmapped=False)
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import tangent
 
@@ -49,7 +50,7 @@ def test_fit_equals_gradient_descent_on_the_explicit_jacobian():
     # Reference: f_lin = f0 + J d with J (8*3, params) from jax.jacfwd; the MSE gradient is
     # J^T (f0 + J d - y) / n, in float64.
     w0 = model.primal()
-    flat0, unravel = jax.flatten_util.ravel_pytree(w0)
+    flat0, unravel = ravel_pytree(w0)
 
     def f(w_flat):
         w = unravel(w_flat)
@@ -59,7 +60,7 @@ def test_fit_equals_gradient_descent_on_the_explicit_jacobian():
     d = np.zeros(flat0.shape)
     for _ in range(steps):
         d -= lr * jac.T @ (f0 + jac @ d - np.asarray(y, np.float64).reshape(-1)) / 8
-    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(result.tangent)[0], d, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ravel_pytree(result.tangent)[0], d, rtol=1e-4, atol=1e-6)
     assert result.losses.shape == (steps,) and result.losses[-1] < result.losses[0]
     with pytest.raises(ValueError, match=r"batch_size must be .* \[1, 8\]"):
         tangent.fit(model, x, y, loss="mse", optimizer=optax.sgd(lr), steps=1, batch_size=9)
