@@ -82,6 +82,18 @@ def test_grad_of_jvp():
         np.testing.assert_allclose(a, b, **GRAD)
 
 
+def test_jvp_of_grad():
+    """Hessian-vector product (forward over reverse): differentiates the backward primitive."""
+    args = make_inputs(12, batch=1, length=6, groups=1)
+    tangents = make_inputs(13, batch=1, length=6, groups=1)
+
+    def hvp(implementation):
+        grad = jax.grad(loss_fn(implementation), argnums=range(5))
+        return lambda *a: jax.jvp(grad, a, tangents)[1]
+    for a, b in zip(jax.jit(hvp("interpret"))(*args), hvp("xla")(*args)):
+        np.testing.assert_allclose(a, b, **GRAD)
+
+
 def test_vmap_forward_and_grad():
     stacks = [make_inputs(s, batch=1, length=6, groups=2) for s in (6, 7)]
     batched = [jnp.stack(t) for t in zip(*stacks)]

@@ -50,12 +50,12 @@ def _core(block_len):
     return lambda X, a, B, C, h0: chunked_core(X, a, B, C, h0, block_len)
 
 
-def _instantiate(tangents, primals):
+def _instantiate(tangents):
     return [ad.instantiate_zeros(t) if type(t) is ad.Zero else t for t in tangents]
 
 
 def _forward_jvp(primals, tangents, *, block_len, interpret):
-    tangents = _instantiate(tangents, primals)
+    tangents = _instantiate(tangents)
     out = forward_p.bind(*primals, block_len=block_len, interpret=interpret)
     return out, tangent_p.bind(*primals, *tangents, block_len=block_len, interpret=interpret)
 
@@ -85,7 +85,7 @@ def _backward_reference(block_len):
 def _second_order_jvp(prim, reference):
     """JVP rule: kernel primal, tangent from differentiating the pure-JAX reference."""
     def rule(primals, tangents, *, block_len, interpret):
-        tangents = _instantiate(tangents, primals)
+        tangents = _instantiate(tangents)
         out = prim.bind(*primals, block_len=block_len, interpret=interpret)
         _, t_out = jax.jvp(reference(block_len), tuple(primals), tuple(tangents))
         return out, list(t_out)
