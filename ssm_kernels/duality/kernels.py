@@ -40,15 +40,21 @@ def _chunk(ref, c, q):
     return ref[_compat.ds(c * q, q)]
 
 
+def _last(v):
+    """v[-1] of a (q,) vector, as a masked sum (no value slicing inside kernels)."""
+    idx = jax.lax.broadcasted_iota(jnp.int32, v.shape, 0)
+    return jnp.sum(jnp.where(idx == v.shape[0] - 1, v, 0.0))
+
+
 def _decay(a):
-    """(L, e, w, a_last) of a chunk's cumulative log decay ``a`` (q,), masked before exp."""
+    """(L, e, w, a_last, causal mask) of a chunk's cumulative log decay ``a`` (q,), masked before exp."""
     q = a.shape[0]
     row = jax.lax.broadcasted_iota(jnp.int32, (q, q), 0)
     col = jax.lax.broadcasted_iota(jnp.int32, (q, q), 1)
     causal = row >= col
     diff = a[:, None] - a[None, :]
     L = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-    a_last = jnp.max(jnp.where(row[:, 0] == q - 1, a, -jnp.inf))  # a[q-1] as a reduction
+    a_last = _last(a)
     return L, jnp.exp(a), jnp.exp(a_last - a), a_last, causal
 
 
@@ -92,7 +98,7 @@ def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, 
         x, a, B, C, dx, da, dB, dC = (_chunk(r, c, q) for r in (
             x_ref, a_ref, b_ref, c_ref, dx_ref, da_ref, db_ref, dc_ref))
         L, e, w, a_last, causal = _decay(a)
-        da_last = jnp.sum(jnp.where(jnp.arange(q) == q - 1, da, 0.0))
+        da_last = _last(da)
         dL = jnp.where(causal, L * (da[:, None] - da[None, :]), 0.0)
         CB = _mm(C, B, "nt")
         dCB = _mm(dC, B, "nt") + _mm(C, dB, "nt")
@@ -114,7 +120,6 @@ def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, 
 def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
                      gx_ref, ga_ref, gb_ref, gc_ref, gh0_ref, *, q):
     chunks = x_ref.shape[0] // q
-    last = jnp.arange(q) == q - 1
 
     def body(k, gS):
         c = chunks - 1 - k
@@ -141,7 +146,8 @@ def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
         gx = gx + w[:, None] * gxw
         gw = w * jnp.sum(gxw * x, axis=1)
         ga_last = jnp.sum(gw) + decay * jnp.sum(gS * S)
-        ga = ga - gw + jnp.where(last, ga_last, 0.0)
+        is_last = jax.lax.broadcasted_iota(jnp.int32, (q,), 0) == q - 1
+        ga = ga - gw + jnp.where(is_last, ga_last, 0.0)
         for ref, val in ((gx_ref, gx), (ga_ref, ga), (gb_ref, gB), (gc_ref, gC)):
             ref[_compat.ds(c * q, q)] = val
         return gS_in

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad
 
-from ssm_kernels.duality import kernels
+from ssm_kernels.duality import _compat, kernels
 from ssm_kernels.duality.primitives import batched_primitive
 from ssm_kernels.duality.reference import compute_dtype
 from ssm_kernels.duality.xla import chunked_core, from_kernel_layout, to_kernel_layout
@@ -50,12 +50,12 @@ def _core(block_len):
     return lambda X, a, B, C, h0: chunked_core(X, a, B, C, h0, block_len)
 
 
-def _instantiate(tangents, primals):
+def _instantiate(tangents):
     return [ad.instantiate_zeros(t) if type(t) is ad.Zero else t for t in tangents]
 
 
 def _forward_jvp(primals, tangents, *, block_len, interpret):
-    tangents = _instantiate(tangents, primals)
+    tangents = _instantiate(tangents)
     out = forward_p.bind(*primals, block_len=block_len, interpret=interpret)
     return out, tangent_p.bind(*primals, *tangents, block_len=block_len, interpret=interpret)
 
@@ -85,7 +85,7 @@ def _backward_reference(block_len):
 def _second_order_jvp(prim, reference):
     """JVP rule: kernel primal, tangent from differentiating the pure-JAX reference."""
     def rule(primals, tangents, *, block_len, interpret):
-        tangents = _instantiate(tangents, primals)
+        tangents = _instantiate(tangents)
         out = prim.bind(*primals, block_len=block_len, interpret=interpret)
         _, t_out = jax.jvp(reference(block_len), tuple(primals), tuple(tangents))
         return out, list(t_out)
@@ -98,10 +98,30 @@ ad.primitive_jvps[tangent_p] = _second_order_jvp(tangent_p, _tangent_reference)
 ad.primitive_jvps[backward_p] = _second_order_jvp(backward_p, _backward_reference)
 
 
-def ssd_pallas(X, A, B, C, block_len, initial_states, *, interpret):
-    """``ssm_kernels.ssd`` through the Pallas kernels (``interpret=True``: interpreted on CPU)."""
+def _pad_tiles(Xk, Bk, Ck, h0, block_len):
+    """Zero-pad headdim and state to powers of two >= 16 (zeros add nothing to Y or the state)."""
+    if block_len < 16 or block_len & (block_len - 1):
+        raise ValueError(f"block_len must be a power of two >= 16 for the GPU (Triton) "
+                         f"kernels; got {block_len}")
+    size = lambda d: max(16, 1 << (d - 1).bit_length())
+    pad_to = lambda t, dims: jnp.pad(t, [(0, 0)] * (t.ndim - len(dims)) +
+                                     [(0, size(d) - d) for d in dims])
+    headdim, state = h0.shape[2:]
+    return (pad_to(Xk, (headdim,)), pad_to(Bk, (state,)), pad_to(Ck, (state,)),
+            pad_to(h0, (headdim, state)))
+
+
+def ssd_pallas(X, A, B, C, block_len, initial_states, *, interpret, pow2_tiles=None):
+    """``ssm_kernels.ssd`` through the Pallas kernels (``interpret=True``: interpreted on CPU).
+
+    ``pow2_tiles`` (default: only for the GPU/Triton lowering) pads headdim and state to powers
+    of two >= 16 and requires such a ``block_len``.
+    """
     dtype = compute_dtype(X, A, B, C, initial_states)
     Xk, a_cum, Bk, Ck = to_kernel_layout(X, A, B, C, block_len, dtype)
-    Y, final = forward_p.bind(Xk, a_cum, Bk, Ck, initial_states.astype(dtype),
-                              block_len=block_len, interpret=interpret)
-    return from_kernel_layout(Y, X.shape[1]), final
+    h0 = initial_states.astype(dtype)
+    headdim, state = h0.shape[2:]
+    if _compat.needs_pow2_tiles(interpret) if pow2_tiles is None else pow2_tiles:
+        Xk, Bk, Ck, h0 = _pad_tiles(Xk, Bk, Ck, h0, block_len)
+    Y, final = forward_p.bind(Xk, a_cum, Bk, Ck, h0, block_len=block_len, interpret=interpret)
+    return from_kernel_layout(Y[..., :headdim], X.shape[1]), final[:, :, :headdim, :state]
