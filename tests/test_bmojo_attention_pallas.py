@@ -14,11 +14,12 @@ from tests.test_bmojo_attention import DIFF_NAMES, make_inputs, run
 SCALE = 8 ** -0.5  # head_dim 8 in make_inputs
 
 
-def kernel(args, window, block=8):
+def kernel(args, window, block=8, gpu_layout=False):
     """The kernel in interpret mode with small blocks (lengths below are not multiples of 8)."""
     args = dict(args)
     return pallas_attention(args.pop("q"), args.pop("k"), args.pop("v"), window=window,
-                            scale=SCALE, interpret=True, block=block, **args)
+                            scale=SCALE, interpret=True, block=block, gpu_layout=gpu_layout,
+                            **args)
 
 
 def close(got, want, atol, rtol=None):
@@ -65,18 +66,20 @@ def test_public_entry_point_and_empty_store():
 
 
 def test_bfloat16_forward_and_grad():
+    """Also the GPU layout: block 16 > length 13, head_dim 8 -> 16, 5 slots -> 16."""
     args = make_inputs(2, length=13, memory="chunked", dtype=jnp.bfloat16)
+    kernel_fn = functools.partial(kernel, block=16, gpu_layout=True)
 
     def loss(f, xs):
         out, lse = f(dict(args, **dict(zip(DIFF_NAMES, xs))))
         return jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(lse)
 
     xs = [args[n] for n in DIFF_NAMES]
-    got = kernel(args, 3)
+    got = kernel_fn(args, 3)
     want = run("xla", args, 3)
     assert got[0].dtype == jnp.bfloat16 and got[1].dtype == jnp.float32
     close(got, want, atol=2e-2)
-    grad_kernel = jax.jit(jax.grad(functools.partial(loss, lambda a: kernel(a, 3))))(xs)
+    grad_kernel = jax.jit(jax.grad(functools.partial(loss, lambda a: kernel_fn(a, 3))))(xs)
     grad_xla = jax.jit(jax.grad(functools.partial(loss, lambda a: run("xla", a, 3))))(xs)
     close(grad_kernel, grad_xla, atol=5e-2)
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssm_kernels.attention import pallas_kernels as kernels
-from ssm_kernels.attention.pallas_compat import Primitive, ad, batching, mlir
+from ssm_kernels.attention.pallas_compat import Primitive, ad, batching, mlir, shaped_array
 from ssm_kernels.attention.xla import blocked_attention
 
 DEFAULT_BLOCK = 64
@@ -114,19 +114,19 @@ def _backward_impl(*args, cfg):
 def _fwd_abstract(*args, cfg):
     q = args[0]
     b, lp, h, _ = q.shape
-    return (jax.core.ShapedArray(q.shape, q.dtype),
-            jax.core.ShapedArray((b, h, lp), jnp.promote_types(q.dtype, jnp.float32)))
+    return (shaped_array(q.shape, q.dtype),
+            shaped_array((b, h, lp), jnp.promote_types(q.dtype, jnp.float32)))
 
 
 def _tangent_abstract(*args, cfg):
     ni = _n_inputs(cfg)
     out, lse = args[ni:ni + 2]
-    return (jax.core.ShapedArray(out.shape, out.dtype),
-            jax.core.ShapedArray(lse.shape, lse.dtype))
+    return (shaped_array(out.shape, out.dtype),
+            shaped_array(lse.shape, lse.dtype))
 
 
 def _backward_abstract(*args, cfg):
-    return [jax.core.ShapedArray(x.shape, x.dtype) for x in args[:_n_floats(cfg)]]
+    return [shaped_array(x.shape, x.dtype) for x in args[:_n_floats(cfg)]]
 
 
 def _fwd_jvp(primals, tangents, *, cfg):
@@ -214,13 +214,18 @@ def _pad(x, axis: int, size: int, value=0):
 
 
 @functools.partial(jax.jit, static_argnames=("window", "memory_chunk", "scale", "interpret",
-                                             "block"))
+                                             "block", "gpu_layout"))
 def pallas_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=None,
                      memory_v=None, memory_pos=None, memory_chunk=None, scale, interpret,
-                     block=None):
-    """``bmojo_attention`` through the Pallas kernels (``interpret=True``: on CPU)."""
+                     block=None, gpu_layout=None):
+    """``bmojo_attention`` through the Pallas kernels (``interpret=True``: on CPU).
+
+    ``block``: query/key block size (default 64). ``gpu_layout`` (default: not interpret)
+    pads head_dim, slots and short blocks to powers of two >= 16 as the Triton lowering
+    needs; tests turn it on in interpret mode to check that padding on CPU.
+    """
     batch, length, heads, head_dim = q.shape
-    on_gpu = not interpret
+    on_gpu = (not interpret) if gpu_layout is None else gpu_layout
     block = block or DEFAULT_BLOCK
     if length < block:
         block = max(_next_pow2(length), 16) if on_gpu else length

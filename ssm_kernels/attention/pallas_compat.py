@@ -18,6 +18,11 @@ import jax
 from jax.extend.core import Primitive  # noqa: F401  (re-exported for pallas.py)
 from jax.interpreters import ad, batching, mlir  # noqa: F401
 
+try:
+    from jax.core import ShapedArray
+except ImportError:  # pragma: no cover - later jax releases may drop the alias
+    from jax._src.core import ShapedArray
+
 try:  # removed in a future jax (deprecated from 0.11)
     from jax.experimental.pallas import triton as pl_triton
 except ImportError:  # pragma: no cover - depends on the installed jax
@@ -35,3 +40,8 @@ def compiler_params(num_warps: int, num_stages: int):
         return pl_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
     return None
 
+
+
+def shaped_array(shape, dtype):
+    """Abstract value returned by the primitives' abstract evaluation rules."""
+    return ShapedArray(tuple(shape), dtype)
