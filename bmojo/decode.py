@@ -63,4 +63,4 @@ def generate(config: ModelConfig, params, prompt, steps: int, *, temperature: fl
     if temperature > 0 and rng is None:
         raise ValueError("rng is None; a PRNG key is needed when temperature > 0")
     rng = jax.random.key(0) if rng is None else rng
-    return _generate(config, params, prompt, steps, rng, float(temperature))
+    return _generate(config, params, prompt, steps, rng, temperature=float(temperature))
