@@ -4,3 +4,5 @@ Every op takes ``implementation=``: ``None`` (auto: Pallas on GPU/TPU, XLA elsew
 ``"xla"`` (parallel pure-JAX form), the op's other XLA forms (e.g. ``"sequential"``, the
 ``lax.scan`` reference) and, where a kernel exists, ``"pallas"`` and ``"interpret"``.
 """
+
+from ssm_kernels.duality import ssd

@@ -1,0 +1,32 @@
+"""Training harness shared by the experiments: configs, jit-compiled training, results, checkpoints, sharding."""
+
+from experiments.harness.checkpoint import Checkpointer
+from experiments.harness.config import apply_overrides, field_docs, help_text, parse_args
+from experiments.harness.results import Results, markdown_table
+from experiments.harness.sharding import (
+    make_mesh,
+    replicate,
+    shard_batch,
+    shard_largest_axis,
+    tree_shardings,
+)
+from experiments.harness.train import TrainState, evaluate, fit, make_train_step
+
+__all__ = [
+    "Checkpointer",
+    "Results",
+    "TrainState",
+    "apply_overrides",
+    "evaluate",
+    "field_docs",
+    "fit",
+    "help_text",
+    "make_mesh",
+    "make_train_step",
+    "markdown_table",
+    "parse_args",
+    "replicate",
+    "shard_batch",
+    "shard_largest_axis",
+    "tree_shardings",
+]

@@ -1,0 +1,153 @@
+"""Experiment configs: frozen dataclasses with named presets and `--key=value` overrides.
+
+A config class documents each field with a string literal right after it (an attribute docstring);
+`--help` is generated from the fields, their types, defaults and those docstrings:
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        steps: int = 100
+        \"\"\"Optimizer steps per model.\"\"\"
+
+    config = parse_args(Config, {"big": Config(steps=10_000)}, sys.argv[1:])
+
+Command line: `--preset=NAME` (applied first), then `--key=value` for any field. Values are parsed by
+the field's type: bool (true/false/1/0/yes/no), int, float, str, `X | None` ("none"), and tuples
+`tuple[int, ...]` / `tuple[str, ...]` written comma-separated (`--pairs=4,8,16`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import sys
+import textwrap
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (and of its dataclass bases), keyed by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def parse_value(name: str, text: str, tp: Any) -> Any:
+    """Parse the command-line text of field `name` as type `tp`; ValueError naming the field if it fails."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() == "none" and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return parse_value(name, text, inner)
+    if origin is tuple:
+        item = args[0] if args else str
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        return tuple(parse_value(name, p, item) for p in parts)
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"--{name}={text!r}: expected a boolean (true/false)")
+    if tp in (int, float, str):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ValueError(f"--{name}={text!r}: expected {tp.__name__}") from None
+    raise ValueError(f"--{name}: fields of type {_type_name(tp)} cannot be set from the command line")
+
+
+def apply_overrides(config: C, overrides: Mapping[str, str]) -> C:
+    """Return `config` with the fields named in `overrides` (text values) replaced."""
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}
+    values = {}
+    for key, text in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown option --{key}; expected one of: {', '.join(sorted(fields))}")
+        values[key] = parse_value(key, text, hints[key])
+    return dataclasses.replace(config, **values)
+
+
+def help_text(cls: type, presets: Mapping[str, Any], prog: str, description: str = "") -> str:
+    """Usage text listing presets and every field with its type, default and docstring."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    lines = [f"usage: {prog} [--preset=NAME] [--key=value ...]", ""]
+    if description:
+        lines += [description.strip(), ""]
+    if presets:
+        lines.append("presets (--preset=NAME; later --key=value override it):")
+        for name, preset in presets.items():
+            changed = [
+                f"{f.name}={getattr(preset, f.name)!r}"
+                for f in dataclasses.fields(cls)
+                if getattr(preset, f.name) != getattr(default, f.name)
+            ]
+            lines.append(f"  {name:<12} {', '.join(changed) or '(the defaults)'}")
+        lines.append("")
+    lines.append("options:")
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        lines.append(f"  --{f.name}={shown}  ({_type_name(hints[f.name])})")
+        if f.name in docs:
+            lines += ["      " + line for line in textwrap.wrap(docs[f.name], 88)]
+    return "\n".join(lines)
+
+
+def parse_args(
+    cls: type[C],
+    presets: Mapping[str, C],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str = "",
+) -> C:
+    """Build a config from `--preset=NAME` and `--key=value` arguments; `--help` prints help and exits."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text(cls, presets, prog or "python -m ...", description))
+        raise SystemExit(0)
+    overrides: dict[str, str] = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"argument {arg!r}: expected --key=value (see --help)")
+        key, text = arg[2:].split("=", 1)
+        overrides[key.replace("-", "_")] = text
+    config = cls()
+    if "preset" in overrides:
+        name = overrides.pop("preset")
+        if name not in presets:
+            raise ValueError(f"--preset={name!r}: expected one of {', '.join(presets)}")
+        config = presets[name]
+    return apply_overrides(config, overrides)

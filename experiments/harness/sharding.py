@@ -1,0 +1,78 @@
+"""Data parallelism over all local devices with `jax.sharding`.
+
+A 1-D mesh with axis "data" spans the local devices. Batches are split along their leading axis;
+parameters and optimizer state are placed by a rule `rule(path, array, mesh) -> PartitionSpec`:
+`replicate` (the default) copies them to every device, `shard_largest_axis(min_size)` splits each
+big array along its largest axis divisible by the device count (FSDP-style, XLA inserts the gathers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+
+Rule = Callable[[tuple, Any, Mesh], PartitionSpec]
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis "data" over `devices` (default: all local devices)."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split across the "data" axis, other axes whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Place a pytree of host arrays (batch, ...) on the mesh, the batch split across devices."""
+    n = mesh.devices.size
+
+    def put(path, x):
+        if x.shape[0] % n:
+            raise ValueError(
+                f"batch{jax.tree_util.keystr(path)} has shape {tuple(x.shape)}; the leading (batch) "
+                f"axis must be divisible by the {n} devices of the mesh"
+            )
+        return jax.device_put(x, batch_sharding(mesh))
+
+    return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def replicate(path: tuple, x: Any, mesh: Mesh) -> PartitionSpec:
+    """Rule: every array whole on every device."""
+    return PartitionSpec()
+
+
+def shard_largest_axis(min_size: int = 2**16) -> Rule:
+    """Rule: split arrays of at least `min_size` elements along their largest axis divisible by the
+    device count (ties: the last such axis); smaller or indivisible arrays are replicated."""
+
+    def rule(path: tuple, x: Any, mesh: Mesh) -> PartitionSpec:
+        shape = np.shape(x)
+        if np.prod(shape, dtype=np.int64) < min_size:
+            return PartitionSpec()
+        axes = [a for a, d in enumerate(shape) if d % mesh.devices.size == 0]
+        if not axes:
+            return PartitionSpec()
+        axis = max(reversed(axes), key=lambda a: shape[a])
+        return PartitionSpec(*[DATA if a == axis else None for a in range(len(shape))])
+
+    return rule
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rule: Rule | None = None) -> Any:
+    """NamedShardings for every leaf of `tree` (e.g. a train state) chosen by `rule`."""
+    rule = rule or replicate
+    return jax.tree_util.tree_map_with_path(lambda p, x: NamedSharding(mesh, rule(p, x, mesh)), tree)

@@ -1,0 +1,67 @@
+"""Public entry point ``ssd``: validation and dispatch to an implementation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ssm_kernels import _checks, _dispatch
+from ssm_kernels.duality.reference import compute_dtype, ssd_sequential
+from ssm_kernels.duality.xla import ssd_chunked
+
+# Each form is jitted once (block_len static), so eager calls compile one program, not one per op.
+IMPLEMENTATIONS = {name: jax.jit(fn, static_argnums=4)
+                   for name, fn in {"xla": ssd_chunked, "sequential": ssd_sequential}.items()}
+
+
+def _validate(X, A, B, C, block_len, initial_states):
+    _checks.check_rank("X", X, 4, "(batch, length, heads, headdim)")
+    batch, length, heads, headdim = X.shape
+    _checks.check_shape("A", A, (batch, length, heads), "(batch, length, heads)")
+    _checks.check_rank("B", B, 4, "(batch, length, groups, state)")
+    groups, state = B.shape[2], B.shape[3]
+    if B.shape[:2] != (batch, length) or groups == 0 or heads % groups:
+        raise ValueError(
+            f"B has shape {tuple(B.shape)}; expected (batch={batch}, length={length}, groups, state) "
+            f"with heads={heads} divisible by groups")
+    _checks.check_shape("C", C, B.shape, "(batch, length, groups, state), the shape of B")
+    if initial_states is not None:
+        _checks.check_shape("initial_states", initial_states, (batch, heads, headdim, state),
+                            "(batch, heads, headdim, state)")
+    for name, t in (("X", X), ("A", A), ("B", B), ("C", C), ("initial_states", initial_states)):
+        if t is not None:
+            _checks.check_float(name, t)
+    _checks.check_positive("block_len", block_len)
+
+
+def ssd(X, A, B, C, block_len=64, initial_states=None, *, implementation=None):
+    """Mamba-2 state-space-duality scan (scalar decay per head).
+
+    Per batch element and head, with the state ``h`` a (headdim, state) matrix::
+
+        h_t = exp(A_t) * h_{t-1} + outer(X_t, B_t)        Y_t = h_t @ C_t
+
+    Args:
+      X: (batch, length, heads, headdim) inputs (already multiplied by dt in Mamba-2).
+      A: (batch, length, heads) log decay (already multiplied by dt; negative for decay).
+      B, C: (batch, length, heads, state), or grouped (batch, length, groups, state) with
+        heads % groups == 0; head h uses group h // (heads // groups).
+      block_len: chunk length of the chunked forms (any length is padded internally).
+      initial_states: optional (batch, heads, headdim, state) state before the first step.
+      implementation: None (auto), "xla" (chunked matmul form) or "sequential" (``lax.scan``).
+
+    Returns:
+      Y (batch, length, heads, headdim) in X.dtype and the final state
+      (batch, heads, headdim, state) in float32. Computation is float32 (float64 when an input
+      is float64, e.g. for finite-difference checks under x64).
+    """
+    X, A, B, C = map(jnp.asarray, (X, A, B, C))
+    if initial_states is not None:
+        initial_states = jnp.asarray(initial_states)
+    _validate(X, A, B, C, block_len, initial_states)
+    fn = _dispatch.resolve("ssd", implementation, IMPLEMENTATIONS)
+    if initial_states is None:
+        batch, _, heads, headdim = X.shape
+        initial_states = jnp.zeros((batch, heads, headdim, B.shape[-1]), jnp.float32)
+    Y, final = fn(X, A, B, C, block_len, initial_states)
+    return Y.astype(X.dtype), final.astype(compute_dtype(X, A, B, C, initial_states))
