@@ -5,4 +5,8 @@ Every op takes ``implementation=``: ``None`` (auto: Pallas on GPU/TPU, XLA elsew
 ``lax.scan`` reference) and, where a kernel exists, ``"pallas"`` and ``"interpret"``.
 """
 
+from ssm_kernels.attention import bmojo_attention
 from ssm_kernels.duality import ssd
+from ssm_kernels.scan import selective_scan
+
+__all__ = ["bmojo_attention", "selective_scan", "ssd"]

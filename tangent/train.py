@@ -1,0 +1,181 @@
+"""Training tangent vectors with optax: one model, or K components at once.
+
+``fit`` minimises ``loss(f_lin(x; d), y)`` over the tangent vector ``d`` only. The frozen
+features ``model.features(x)`` are computed once for the whole training set and reused at
+every step. Steps run inside one ``lax.scan`` per call (``log_every`` splits the run into
+calls for a progress bar); minibatches of ``batch_size`` examples are drawn without
+replacement with the key ``fold_in(key, step)``.
+
+``fit_components`` trains K components (e.g. one per data shard) together: the same step
+``vmap``-ed over a leading components axis of data, keys and initial vectors. With a
+``mesh`` that has a ``components`` axis, that axis is sharded across devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tangent import losses as losses_lib
+from tangent.linearize import TangentModel
+from tangent.privacy import DPSGD
+
+
+@dataclasses.dataclass
+class FitResult:
+    """``tangent``: the trained vector (stacked (K, ...) for components); ``losses``: per
+    step ((steps,) or (K, steps)); ``epsilon``: privacy spent (DP-SGD with ``delta`` only)."""
+
+    tangent: object
+    losses: np.ndarray
+    epsilon: float | None = None
+
+
+def _take(tree, idx):
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def _run(model: TangentModel, d, opt_state, features, targets, key, first_step, *,
+         loss_fn: Callable, optimizer: optax.GradientTransformation, n_steps: int,
+         batch_size: int | None, dp: DPSGD | None):
+    """``n_steps`` optimizer steps from step number ``first_step``; returns (d, opt_state, losses)."""
+    n = jax.tree.leaves(targets)[0].shape[0]
+
+    def loss_of(d, f, y):
+        return loss_fn(model.apply_features(d, f), y)
+
+    def body(carry, step):
+        d, opt_state = carry
+        k_batch, k_noise = jax.random.split(jax.random.fold_in(key, step))
+        f, y = features, targets
+        if batch_size is not None and batch_size < n:
+            idx = jax.random.choice(k_batch, n, (batch_size,), replace=False)
+            f, y = _take(features, idx), _take(targets, idx)
+        if dp is None:
+            loss, grads = jax.value_and_grad(loss_of)(d, f, y)
+        else:
+            loss, grads = dp.value_and_grad(loss_of, d, f, y, k_noise)
+        updates, opt_state = optimizer.update(grads, opt_state, d)
+        return (optax.apply_updates(d, updates), opt_state), loss
+
+    steps = first_step + jnp.arange(n_steps)
+    (d, opt_state), losses = jax.lax.scan(body, (d, opt_state), steps)
+    return d, opt_state, losses
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(loss_fn, optimizer, batch_size, dp, vmapped: bool):
+    """The jitted ``_run`` (vmapped over components if asked), cached so that repeated fits
+    with the same loss, optimizer and settings (e.g. one per shard) compile once."""
+    run = functools.partial(_run, loss_fn=loss_fn, optimizer=optimizer, batch_size=batch_size, dp=dp)
+
+    def run_all(model, d, opt_state, f, y, key, first, *, n_steps):
+        return jax.vmap(functools.partial(run, n_steps=n_steps), in_axes=(None, 0, 0, 0, 0, 0, None))(
+            model, d, opt_state, f, y, key, first)
+
+    return jax.jit(run_all if vmapped else run, static_argnames="n_steps")
+
+
+_features = jax.jit(lambda model, *inputs: model.features(*inputs))
+
+
+def compute_features(model: TangentModel, inputs, chunk: int = 1024):
+    """``model.features(*inputs)`` over the leading (example) axis, ``chunk`` examples per call."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    n = inputs[0].shape[0]
+    parts = [_features(model, *_take(inputs, slice(i, i + chunk))) for i in range(0, n, chunk)]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
+def _check_data(inputs, targets, lead: tuple[int, ...]) -> int:
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    shapes = [tuple(a.shape) for a in inputs + tuple(jax.tree.leaves(targets))]
+    want = len(lead) + 1
+    if any(len(s) < want or s[:want] != shapes[0][:want] for s in shapes):
+        axes = "(components, examples, ...)" if lead else "(examples, ...)"
+        raise ValueError(f"inputs and targets have shapes {shapes}; expected a shared leading {axes} axis")
+    return shapes[0][len(lead)]
+
+
+def _loop(run, carry, n_steps, log_every, progress, desc):
+    log_every = n_steps if not log_every else min(log_every, n_steps)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n_steps, desc=desc)
+    all_losses, done = [], 0
+    while done < n_steps:
+        count = min(log_every, n_steps - done)
+        d, opt_state, losses = run(*carry, jnp.int32(done), n_steps=count)
+        carry = (d, opt_state) + carry[2:]
+        all_losses.append(np.asarray(losses))
+        done += count
+        if bar is not None:
+            bar.update(count)
+            bar.set_postfix(loss=float(np.mean(all_losses[-1])))
+    if bar is not None:
+        bar.close()
+    return carry[0], np.concatenate(all_losses, axis=-1)
+
+
+def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransformation,
+        steps: int, loss: str | Callable = "cross_entropy", batch_size: int | None = None,
+        key: jax.Array | None = None, tangent=None, dp: DPSGD | None = None,
+        delta: float | None = None, log_every: int | None = None, progress: bool = False) -> FitResult:
+    """Train a tangent vector from ``tangent`` (default zeros) on ``(inputs, targets)``.
+
+    ``inputs``: an array (examples, ...) or a tuple of such arrays (the model's positional
+    inputs); ``targets``: (examples, ...). ``dp``: DP-SGD settings; with ``delta`` the
+    result carries the accountant's epsilon.
+    """
+    n = _check_data(inputs, targets, ())
+    key = jax.random.key(0) if key is None else key
+    d = model.zeros() if tangent is None else tangent
+    features = compute_features(model, inputs)
+    run = _compiled(losses_lib.get(loss), optimizer, batch_size, dp, vmapped=False)
+
+    carry = (d, optimizer.init(d), features, targets, key)
+    d, losses = _loop(lambda *a, n_steps: run(model, *a, n_steps=n_steps), carry, steps, log_every,
+                      progress, "tangent fit")
+    eps = None
+    if dp is not None and delta is not None:
+        eps = dp.epsilon(steps=steps, batch_size=batch_size or n, dataset_size=n, delta=delta)
+    return FitResult(d, losses, eps)
+
+
+def fit_components(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransformation,
+                   steps: int, loss: str | Callable = "cross_entropy", batch_size: int | None = None,
+                   keys: jax.Array | None = None, tangents=None, dp: DPSGD | None = None,
+                   mesh: jax.sharding.Mesh | None = None, log_every: int | None = None,
+                   progress: bool = False) -> FitResult:
+    """Train K components at once: ``inputs``/``targets`` are (K, examples, ...), ``keys``
+    (K,) (default ``split(key(0), K)``), ``tangents`` stacked (K, ...) (default zeros).
+
+    Equal to K calls of ``fit`` with ``key=keys[k]``. ``mesh``: a ``jax.sharding.Mesh``
+    with a ``components`` axis whose size divides K; the components are spread over it.
+    """
+    _check_data(inputs, targets, (0,))
+    k = jax.tree.leaves(targets)[0].shape[0]
+    keys = jax.random.split(jax.random.key(0), k) if keys is None else keys
+    if tangents is None:
+        tangents = jax.tree.map(lambda z: jnp.zeros((k,) + z.shape, z.dtype), model.zeros())
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    features = jax.jit(jax.vmap(lambda m, *x: m.features(*x), in_axes=(None,) + (0,) * len(inputs)))(model, *inputs)
+    opt_state = jax.vmap(optimizer.init)(tangents)
+    carry = (tangents, opt_state, features, targets, keys)
+    if mesh is not None:
+        if "components" not in mesh.axis_names or k % mesh.shape["components"]:
+            raise ValueError(f"mesh must have a 'components' axis dividing K={k}; got axes {dict(mesh.shape)}")
+        shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("components"))
+        carry = jax.device_put(carry, shard)
+        model = jax.device_put(model, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    run = _compiled(losses_lib.get(loss), optimizer, batch_size, dp, vmapped=True)
+    d, losses = _loop(lambda *a, n_steps: run(model, *a, n_steps=n_steps), carry, steps, log_every,
+                      progress, f"tangent fit x{k}")
+    return FitResult(d, losses)

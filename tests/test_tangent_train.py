@@ -1,0 +1,137 @@
+"""tangent losses, fit (against gradient descent on an explicit Jacobian), K components at
+once (vmap and a components mesh axis) and DP-SGD."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tangent
+
+
+def normal(seed, shape, scale=1.0):
+    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def net(params, x):
+    return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"]
+
+
+PARAMS = {"w1": normal(0, (4, 6), 0.5), "b1": normal(1, (6,), 0.1), "w2": normal(2, (6, 3), 0.5)}
+
+
+def test_losses_against_numpy():
+    logits = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    labels = np.array([0, 3, 1, 1, 2])
+    ce = np.mean([np.log(np.exp(l).sum()) - l[y] for l, y in zip(logits.astype(np.float64), labels)])
+    np.testing.assert_allclose(tangent.cross_entropy(logits, labels), ce, rtol=1e-5)
+    kappa, beta = 5.0, 3.0
+    rsl = np.mean([(kappa * (l[y] - beta) ** 2 + sum(l[k] ** 2 for k in range(4) if k != y)) / 4
+                   for l, y in zip(logits.astype(np.float64), labels)])
+    np.testing.assert_allclose(tangent.rescaled_square_loss(logits, labels, kappa=kappa, beta=beta), rsl, rtol=1e-5)
+    targets = np.ones_like(logits)
+    np.testing.assert_allclose(tangent.mse(logits, targets), 0.5 * np.mean(((logits - 1) ** 2).sum(1)), rtol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        tangent.cross_entropy(logits, labels[:3])
+
+
+def test_fit_equals_gradient_descent_on_the_explicit_jacobian():
+    x, y = normal(3, (8, 4)), normal(4, (8, 3))
+    model = tangent.linearize(net, PARAMS, "w2|b1")
+    lr, steps = 0.3, 5
+    result = tangent.fit(model, x, y, loss="mse", optimizer=optax.sgd(lr), steps=steps)
+    # Reference: f_lin = f0 + J d with J (8*3, params) from jax.jacfwd; the MSE gradient is
+    # J^T (f0 + J d - y) / n, in float64.
+    w0 = model.primal()
+    flat0, unravel = jax.flatten_util.ravel_pytree(w0)
+
+    def f(w_flat):
+        w = unravel(w_flat)
+        return net(dict(PARAMS, w2=w["w2"], b1=w["b1"]), x).reshape(-1)
+    jac = np.asarray(jax.jacfwd(f)(flat0), np.float64)
+    f0 = np.asarray(f(flat0), np.float64)
+    d = np.zeros(flat0.shape)
+    for _ in range(steps):
+        d -= lr * jac.T @ (f0 + jac @ d - np.asarray(y, np.float64).reshape(-1)) / 8
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(result.tangent)[0], d, rtol=1e-4, atol=1e-6)
+    assert result.losses.shape == (steps,) and result.losses[-1] < result.losses[0]
+
+
+def shards(k=3, n=12):
+    x = normal(5, (k, n, 4))
+    labels = jnp.asarray(np.random.default_rng(6).integers(0, 3, (k, n)))
+    return x, labels
+
+
+def test_components_with_vmap_equal_one_by_one():
+    x, labels = shards()
+    model = tangent.linearize(net, PARAMS)
+    keys = jax.random.split(jax.random.key(1), 3)
+    opt = optax.adam(0.05)
+    together = tangent.fit_components(model, x, labels, optimizer=opt, steps=6, batch_size=5, keys=keys,
+                                      log_every=4)
+    for i, vector in enumerate(tangent.unstack(together.tangent)):
+        alone = tangent.fit(model, x[i], labels[i], optimizer=opt, steps=6, batch_size=5, key=keys[i])
+        np.testing.assert_allclose(together.losses[i], alone.losses, rtol=1e-5, atol=1e-6)
+        for path in model.trainable:
+            np.testing.assert_allclose(vector[path], alone.tangent[path], rtol=1e-5, atol=1e-6)
+
+
+def test_components_mesh_axis_across_two_devices():
+    script = textwrap.dedent("""
+        import jax, numpy as np, optax
+        from jax.sharding import Mesh
+        from tests.test_tangent_train import PARAMS, net, shards
+        import tangent
+        x, labels = shards(k=4)
+        model = tangent.linearize(net, PARAMS)
+        mesh = Mesh(np.array(jax.devices()), ("components",))
+        kw = dict(optimizer=optax.sgd(0.1), steps=3)
+        sharded = tangent.fit_components(model, x, labels, mesh=mesh, **kw)
+        plain = tangent.fit_components(model, x, labels, **kw)
+        leaf = sharded.tangent["w1"]
+        assert len(leaf.sharding.device_set) == 2, leaf.sharding
+        np.testing.assert_allclose(leaf, plain.tangent["w1"], rtol=1e-5, atol=1e-6)
+        print("ok")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_dp_clipping_noise_scale_and_accountant():
+    model = tangent.linearize(net, PARAMS)
+    x, labels = shards(k=1, n=16)
+    loss_of = lambda d, f, y: tangent.cross_entropy(model.apply_features(d, f), y)
+    d = tangent.TangentVector(jax.tree.map(lambda a: 3.0 * a, dict(model.primal())))
+    _, grads = jax.jit(lambda d, f, y: tangent.per_example_grads(loss_of, d, f, y))(d, (x[0],), labels[0])
+    flat = np.concatenate([np.asarray(grads[p]).reshape(16, -1) for p in sorted(grads)], axis=1)
+    norms = np.linalg.norm(flat, axis=1)
+    c = float(np.median(norms))  # half the examples get clipped
+    clipped = jax.jit(tangent.clip)(grads, c)
+    flat_c = np.concatenate([np.asarray(clipped[p]).reshape(16, -1) for p in sorted(clipped)], axis=1)
+    np.testing.assert_allclose(np.linalg.norm(flat_c, axis=1), np.minimum(norms, c), rtol=1e-5)
+    # Without noise the private gradient is the mean of the clipped gradients (NumPy reference).
+    ref = flat * np.minimum(1.0, c / norms)[:, None]
+    privatize = jax.jit(tangent.privatize)
+    g = privatize(grads, c, 0.0, jax.random.key(0))
+    np.testing.assert_allclose(np.concatenate([np.asarray(g[p]).reshape(-1) for p in sorted(g)]),
+                               ref.mean(0), rtol=1e-5, atol=1e-7)
+    # Noise: zero gradients, batch 4, 40000 coordinates -> std sigma * C / 4.
+    zeros = {"a": jnp.zeros((4, 40000))}
+    noisy = privatize(zeros, 2.0, 1.5, jax.random.key(1))["a"]
+    np.testing.assert_allclose(np.std(np.asarray(noisy)), 1.5 * 2.0 / 4, rtol=0.03)
+    # Accountant: more noise -> smaller epsilon; more steps -> larger epsilon.
+    eps = lambda sigma, steps: tangent.epsilon(sigma, 0.01, steps, 1e-5)
+    assert eps(2.0, 100) < eps(1.0, 100) < eps(1.0, 1000)
+    result = tangent.fit(model, x[0], labels[0], optimizer=optax.sgd(0.1), steps=3, batch_size=4,
+                         dp=tangent.DPSGD(l2_clip=1.0, noise_multiplier=1.1), delta=1e-5)
+    np.testing.assert_allclose(result.epsilon, tangent.epsilon(1.1, 4 / 16, 3, 1e-5))
+    assert np.isfinite(result.losses).all()
