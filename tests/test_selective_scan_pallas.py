@@ -86,7 +86,8 @@ def test_autodiff_modes_match_sequential(dtype):
 
 
 def test_vmap_over_extra_leading_axis():
-    """vmap merges the mapped axis into the batch (shared A) or loops (mapped A); grad under vmap."""
+    """vmap merges the mapped axis into the batch (shared A) or loops (mapped A); of the scan,
+    its grad and its jvp."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs),
                            *[make_inputs(s, batch=1, dim=4, length=6, state=2, groups_b=2)
                              for s in (6, 7)])
@@ -101,8 +102,9 @@ def test_vmap_over_extra_leading_axis():
         call = list(xs)
         if shared_A:
             call[a_axis] = xs[a_axis][0]
-        for fn_k, fn_r in ((f, f_ref), (jax.grad(functools.partial(loss, f), argnums=argnums),
-                                        jax.grad(functools.partial(loss, f_ref), argnums=argnums))):
+        jvp = lambda fn: lambda *p: jax.jvp(fn, p, tuple(jnp.cos(x) for x in p))
+        grad = lambda fn: jax.grad(functools.partial(loss, fn), argnums=argnums)
+        for fn_k, fn_r in ((f, f_ref), (grad(f), grad(f_ref)), (jvp(f), jvp(f_ref))):
             got = jax.jit(jax.vmap(fn_k, in_axes=in_axes))(*call)
             want = jax.vmap(fn_r, in_axes=in_axes)(*call)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
