@@ -50,7 +50,8 @@ def _core(block_len):
 
 
 def _instantiate(tangents):
-    return [ad.instantiate_zeros(t) if type(t) is ad.Zero else t for t in tangents]
+    """Symbolic zero tangents/cotangents -> arrays of zeros (the kernels take every operand)."""
+    return [ad.instantiate_zeros(t) for t in tangents]
 
 
 def _forward_jvp(primals, tangents, **params):
@@ -63,7 +64,7 @@ def _tangent_transpose(cts, *args, **params):
     primals, tangents = args[:5], args[5:]
     if any(ad.is_undefined_primal(p) for p in primals):
         raise NotImplementedError("ssd_tangent is linear only in its tangent operands")
-    gY, gfinal = (ad.instantiate_zeros(ct) if type(ct) is ad.Zero else ct for ct in cts)
+    gY, gfinal = _instantiate(cts)
     grads = backward_p.bind(*primals, gY, gfinal, **params)
     return [None] * 5 + [g if ad.is_undefined_primal(t) else None
                          for t, g in zip(tangents, grads)]
