@@ -133,6 +133,18 @@ def test_grad_of_jvp(problem):
     close(objective(as_fn("kernel"))(*xs), objective(as_fn("xla"))(*xs), atol=1e-4)
 
 
+def test_jvp_of_grad(problem):
+    """Forward-over-reverse (Hessian-vector products) runs through the backward primitive."""
+    as_fn, xs, ts = problem
+
+    def hvp(f):
+        grad = jax.grad(lambda *x: jnp.sum(f(*x)[0] * ts[0]) + jnp.sum(f(*x)[1] ** 2),
+                        argnums=tuple(range(len(xs))))
+        return jax.jit(lambda *x: jax.jvp(grad, x, ts))
+
+    close(hvp(as_fn("kernel"))(*xs), hvp(as_fn("xla"))(*xs), atol=1e-4)
+
+
 def test_vmap_of_forward_and_grad(problem):
     as_fn, xs, ts = problem
     stacked = [jnp.stack([x, 0.5 * x]) for x in xs]

@@ -41,7 +41,6 @@ def compiler_params(num_warps: int, num_stages: int):
     return None
 
 
-
 def shaped_array(shape, dtype):
     """Abstract value returned by the primitives' abstract evaluation rules."""
     return ShapedArray(tuple(shape), dtype)
