@@ -69,8 +69,16 @@ def _run(model: TangentModel, d, opt_state, features, targets, key, first_step, 
     return d, opt_state, losses
 
 
-@functools.lru_cache(maxsize=64)
 def _compiled(loss_fn, optimizer, batch_size, dp, vmapped: bool):
+    """``_jitted_run`` cached by its settings when they are hashable (optax optimizers are)."""
+    try:
+        return _jitted_run(loss_fn, optimizer, batch_size, dp, vmapped)
+    except TypeError:  # unhashable settings: compile without the cache
+        return _jitted_run.__wrapped__(loss_fn, optimizer, batch_size, dp, vmapped)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_run(loss_fn, optimizer, batch_size, dp, vmapped: bool):
     """The jitted ``_run`` (vmapped over components if asked), cached so that repeated fits
     with the same loss, optimizer and settings (e.g. one per shard) compile once."""
     run = functools.partial(_run, loss_fn=loss_fn, optimizer=optimizer, batch_size=batch_size, dp=dp)
@@ -91,6 +99,13 @@ def compute_features(model: TangentModel, inputs, chunk: int = 1024):
     n = inputs[0].shape[0]
     parts = [_features(model, *_take(inputs, slice(i, i + chunk))) for i in range(0, n, chunk)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
+def _check_batch(batch_size, n: int) -> None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or not 1 <= batch_size <= n):
+        raise ValueError(f"batch_size must be None (full batch) or an integer in [1, {n}] (the number of "
+                         f"examples); got {batch_size!r}")
 
 
 def _check_data(inputs, targets, lead: tuple[int, ...]) -> int:
@@ -135,6 +150,7 @@ def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransf
     result carries the accountant's epsilon.
     """
     n = _check_data(inputs, targets, ())
+    _check_batch(batch_size, n)
     key = jax.random.key(0) if key is None else key
     d = model.zeros() if tangent is None else tangent
     features = compute_features(model, inputs)
@@ -160,7 +176,7 @@ def fit_components(model: TangentModel, inputs, targets, *, optimizer: optax.Gra
     Equal to K calls of ``fit`` with ``key=keys[k]``. ``mesh``: a ``jax.sharding.Mesh``
     with a ``components`` axis whose size divides K; the components are spread over it.
     """
-    _check_data(inputs, targets, (0,))
+    _check_batch(batch_size, _check_data(inputs, targets, (0,)))
     k = jax.tree.leaves(targets)[0].shape[0]
     keys = jax.random.split(jax.random.key(0), k) if keys is None else keys
     if tangents is None:

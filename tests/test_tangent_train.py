@@ -61,6 +61,10 @@ def test_fit_equals_gradient_descent_on_the_explicit_jacobian():
         d -= lr * jac.T @ (f0 + jac @ d - np.asarray(y, np.float64).reshape(-1)) / 8
     np.testing.assert_allclose(jax.flatten_util.ravel_pytree(result.tangent)[0], d, rtol=1e-4, atol=1e-6)
     assert result.losses.shape == (steps,) and result.losses[-1] < result.losses[0]
+    with pytest.raises(ValueError, match=r"batch_size must be .* \[1, 8\]"):
+        tangent.fit(model, x, y, loss="mse", optimizer=optax.sgd(lr), steps=1, batch_size=9)
+    with pytest.raises(ValueError, match="shared leading"):
+        tangent.fit(model, x, y[:5], loss="mse", optimizer=optax.sgd(lr), steps=1)
 
 
 def shards(k=3, n=12):

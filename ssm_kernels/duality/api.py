@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from ssm_kernels import _checks, _dispatch
+from ssm_kernels.duality.pallas import ssd_pallas
 from ssm_kernels.duality.reference import compute_dtype, ssd_sequential
 from ssm_kernels.duality.xla import ssd_chunked
 
 # Each form is jitted once (block_len static), so eager calls compile one program, not one per op.
 IMPLEMENTATIONS = {name: jax.jit(fn, static_argnums=4)
-                   for name, fn in {"xla": ssd_chunked, "sequential": ssd_sequential}.items()}
+                   for name, fn in {
+                       "xla": ssd_chunked,
+                       "sequential": ssd_sequential,
+                       "pallas": functools.partial(ssd_pallas, interpret=False),
+                       "interpret": functools.partial(ssd_pallas, interpret=True),
+                   }.items()}
 
 
 def _validate(X, A, B, C, block_len, initial_states):
@@ -48,7 +56,9 @@ def ssd(X, A, B, C, block_len=64, initial_states=None, *, implementation=None):
         heads % groups == 0; head h uses group h // (heads // groups).
       block_len: chunk length of the chunked forms (any length is padded internally).
       initial_states: optional (batch, heads, headdim, state) state before the first step.
-      implementation: None (auto), "xla" (chunked matmul form) or "sequential" (``lax.scan``).
+      implementation: None (auto: "pallas" on GPU/TPU, else "xla"), "xla" (chunked matmul
+        form), "sequential" (``lax.scan``), "pallas" (Pallas kernels) or "interpret" (the same
+        kernels interpreted, runs on CPU).
 
     Returns:
       Y (batch, length, heads, headdim) in X.dtype and the final state

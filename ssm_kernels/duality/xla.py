@@ -10,6 +10,10 @@ which leaves the state unchanged). With ``a_i`` the cumulative sum of A inside a
 3. inter-chunk state passing (an associative scan over chunks, starting from the initial state):
    ``H_c = exp(a_last(c)) H_{c-1} + S_c``;
 4. off-diagonal contribution of the state entering each chunk: ``Y_i += exp(a_i) H_{c-1} @ C_i``.
+
+The core works in the head-major "kernel layout" shared with the Pallas kernels:
+X (batch, heads, padded_length, headdim), a (batch, heads, padded_length) chunk-local cumulative
+log decay, B, C (batch, groups, padded_length, state).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ssm_kernels.duality.reference import compute_dtype, expand_groups
+from ssm_kernels.duality.reference import compute_dtype
 
 
 def segsum_decay(a_cum):
@@ -32,56 +36,68 @@ def segsum_decay(a_cum):
     return jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
 
 
-def pad_to_chunks(X, A, B, C, block_len):
-    """Pad the length axis (axis 1) of every input to a multiple of ``block_len`` with zeros."""
-    length = X.shape[1]
+def to_kernel_layout(X, A, B, C, block_len, dtype):
+    """(batch, length, ...) inputs -> padded head-major layout and chunk-local cumsum of A.
+
+    Returns X (b, h, T, p), a (b, h, T), B, C (b, g, T, n) in ``dtype``, T = length rounded up
+    to a multiple of ``block_len`` (zero padding: A = 0, X = 0 leave the state unchanged).
+    """
+    batch, length = X.shape[:2]
     pad = -length % block_len
-    if pad == 0:
-        return X, A, B, C
-    widths = lambda t: [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2)
-    return tuple(jnp.pad(t, widths(t)) for t in (X, A, B, C))
+    prep = lambda t: jnp.pad(t.astype(dtype), [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
+    X, A, B, C = (prep(t) for t in (X, A, B, C))
+    heads, padded = X.shape[2], X.shape[1]
+    A = jnp.moveaxis(A, 1, 2).reshape(batch, heads, padded // block_len, block_len)
+    a_cum = jnp.cumsum(A, axis=-1).reshape(batch, heads, padded)
+    head_major = lambda t: jnp.moveaxis(t, 1, 2)
+    return head_major(X), a_cum, head_major(B), head_major(C)
+
+
+def from_kernel_layout(Y, length):
+    """(b, h, T, p) -> (b, length, h, p)."""
+    return jnp.moveaxis(Y, 2, 1)[:, :length]
 
 
 def pass_states(chunk_log_decay, chunk_states, initial_states):
     """States entering each chunk and the final state.
 
-    chunk_log_decay (batch, chunks, heads); chunk_states (batch, chunks, heads, headdim, state);
-    initial_states (batch, heads, headdim, state). Returns (entering (batch, chunks, heads,
-    headdim, state), final (batch, heads, headdim, state)).
+    chunk_log_decay (b, h, chunks); chunk_states (b, h, chunks, p, n); initial_states (b, h, p, n).
+    Returns (entering (b, h, chunks, p, n), final (b, h, p, n)).
     """
 
     def combine(left, right):
         (a1, s1), (a2, s2) = left, right
         return a1 + a2, jnp.exp(a2)[..., None, None] * s1 + s2
 
-    log_decay, states = jax.lax.associative_scan(combine, (chunk_log_decay, chunk_states), axis=1)
-    after = jnp.exp(log_decay)[..., None, None] * initial_states[:, None] + states
-    entering = jnp.concatenate([initial_states[:, None], after[:, :-1]], axis=1)
-    return entering, after[:, -1]
+    log_decay, states = jax.lax.associative_scan(combine, (chunk_log_decay, chunk_states), axis=2)
+    after = jnp.exp(log_decay)[..., None, None] * initial_states[:, :, None] + states
+    entering = jnp.concatenate([initial_states[:, :, None], after[:, :, :-1]], axis=2)
+    return entering, after[:, :, -1]
+
+
+def chunked_core(X, a_cum, B, C, initial_states, block_len):
+    """Chunked SSD in the kernel layout (see module docstring). Returns (Y (b, h, T, p), final)."""
+    batch, heads, padded, headdim = X.shape
+    chunks = padded // block_len
+    per_group = heads // B.shape[1]
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], chunks, block_len, *t.shape[3:])
+    X, a_cum = split(X), split(a_cum)                                  # (b, h, c, q, ...)
+    B, C = (split(jnp.repeat(t, per_group, axis=1)) for t in (B, C))   # (b, h, c, q, n)
+
+    scores = jnp.einsum("bhcin,bhcjn->bhcij", C, B) * segsum_decay(a_cum)
+    y_diag = jnp.einsum("bhcij,bhcjp->bhcip", scores, X)
+
+    to_end = jnp.exp(a_cum[..., -1:] - a_cum)                          # (b, h, c, q)
+    chunk_states = jnp.einsum("bhcjn,bhcj,bhcjp->bhcpn", B, to_end, X)
+    entering, final = pass_states(a_cum[..., -1], chunk_states, initial_states)
+
+    y_off = jnp.einsum("bhcin,bhcpn,bhci->bhcip", C, entering, jnp.exp(a_cum))
+    return (y_diag + y_off).reshape(batch, heads, padded, headdim), final
 
 
 def ssd_chunked(X, A, B, C, block_len, initial_states):
     """Chunked SSD in ``compute_dtype``. Shapes as ``ssm_kernels.ssd``; returns (Y, final state)."""
-    batch, length, heads, headdim = X.shape
     dtype = compute_dtype(X, A, B, C, initial_states)
-    cast = lambda t: t.astype(dtype)
-    X, A = cast(X), cast(A)
-    B, C = expand_groups(cast(B), heads), expand_groups(cast(C), heads)
-    X, A, B, C = pad_to_chunks(X, A, B, C, block_len)
-    chunks = X.shape[1] // block_len
-
-    split = lambda t: t.reshape(batch, chunks, block_len, *t.shape[2:])
-    X, A, B, C = split(X), split(A), split(B), split(C)        # (b, c, q, h, ...)
-    a_cum = jnp.cumsum(jnp.moveaxis(A, 3, 2), axis=-1)          # (b, c, h, q)
-
-    decay = segsum_decay(a_cum)                                 # (b, c, h, q, q)
-    scores = jnp.einsum("bcihn,bcjhn->bchij", C, B) * decay
-    y_diag = jnp.einsum("bchij,bcjhp->bcihp", scores, X)
-
-    to_end = jnp.exp(a_cum[..., -1:] - a_cum)                   # (b, c, h, q)
-    chunk_states = jnp.einsum("bcjhn,bchj,bcjhp->bchpn", B, to_end, X)
-    entering, final = pass_states(a_cum[..., -1], chunk_states, cast(initial_states))
-
-    y_off = jnp.einsum("bcihn,bchpn,bchi->bcihp", C, entering, jnp.exp(a_cum))
-    Y = (y_diag + y_off).reshape(batch, chunks * block_len, heads, headdim)[:, :length]
-    return Y, final
+    Xk, a_cum, Bk, Ck = to_kernel_layout(X, A, B, C, block_len, dtype)
+    Y, final = chunked_core(Xk, a_cum, Bk, Ck, initial_states.astype(dtype), block_len)
+    return from_kernel_layout(Y, X.shape[1]), final

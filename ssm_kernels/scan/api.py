@@ -5,16 +5,20 @@ Layout follows the reference selective scan published with Mamba: (batch, dim, l
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from ssm_kernels import _checks, _dispatch
-from ssm_kernels.scan import reference, xla
+from ssm_kernels.scan import pallas, reference, xla
 
 IMPLEMENTATIONS = {
     "xla": xla.scan_chunked,
     "associative": lambda *args, chunk_size=None: xla.scan_associative(*args),
     "sequential": lambda *args, chunk_size=None: reference.scan_sequential(*args),
+    "pallas": functools.partial(pallas.scan_pallas, interpret=False),
+    "interpret": functools.partial(pallas.scan_pallas, interpret=True),
 }
 
 

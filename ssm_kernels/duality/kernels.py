@@ -1,0 +1,212 @@
+"""Pallas kernels of SSD in the kernel layout (see ``xla.py``): forward, tangent and backward.
+
+One program per (batch, head); it walks the chunks of its sequence in order, carrying the
+(headdim, state) float32 state, and does the intra-chunk work as matmuls on (block_len x state),
+(block_len x headdim) and (block_len x block_len) tiles. Per chunk, with ``a`` the chunk-local
+cumulative log decay, ``L_ij = exp(a_i - a_j) [i >= j]``, ``e = exp(a)``, ``w = exp(a_last - a)``
+and ``S`` the state entering the chunk:
+
+    Y     = ((C B^T) * L) X + e * (C S^T)
+    S_out = exp(a_last) S + (w * X)^T B
+
+``forward`` computes (Y, final state) and optionally the entering state of every chunk; ``tangent``
+computes the JVP (dY, dS_final), linear in the tangents, sweeping forward with (S, dS);
+``backward`` computes the VJP with a reverse sweep carrying the state cotangent, reading the
+chunk-entering states saved by a forward sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ssm_kernels.duality import _compat
+
+_CONTRACT = {  # dot_general dimension numbers: a @ b, a^T @ b, a @ b^T
+    "nn": (((1,), (0,)), ((), ())),
+    "tn": (((0,), (0,)), ((), ())),
+    "nt": (((1,), (1,)), ((), ())),
+}
+
+
+def _mm(a, b, form="nn"):
+    return jax.lax.dot_general(a, b, _CONTRACT[form], preferred_element_type=a.dtype)
+
+
+def _chunk(ref, c, q):
+    """Rows [c*q, (c+1)*q) of a (T, ...) ref."""
+    return ref[_compat.ds(c * q, q)]
+
+
+def _last(v):
+    """v[-1] of a (q,) vector, as a masked sum (no value slicing inside kernels)."""
+    idx = jax.lax.broadcasted_iota(jnp.int32, v.shape, 0)
+    return jnp.sum(jnp.where(idx == v.shape[0] - 1, v, 0.0))
+
+
+def _decay(a):
+    """(L, e, w, a_last, causal mask) of a chunk's cumulative log decay ``a`` (q,), masked before exp."""
+    q = a.shape[0]
+    row = jax.lax.broadcasted_iota(jnp.int32, (q, q), 0)
+    col = jax.lax.broadcasted_iota(jnp.int32, (q, q), 1)
+    causal = row >= col
+    diff = a[:, None] - a[None, :]
+    L = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
+    a_last = _last(a)
+    return L, jnp.exp(a), jnp.exp(a_last - a), a_last, causal
+
+
+def _specs(batch, heads, groups, padded, headdim, state, chunks):
+    per_group = heads // groups
+    seq = lambda width: _compat.BlockSpec((None, None, padded, width), lambda b, h: (b, h, 0, 0))
+    return dict(
+        x=seq(headdim),
+        a=_compat.BlockSpec((None, None, padded), lambda b, h: (b, h, 0)),
+        bc=_compat.BlockSpec((None, None, padded, state),
+                             lambda b, h: (b, h // per_group, 0, 0)),
+        bc_heads=seq(state),
+        h=_compat.BlockSpec((None, None, headdim, state), lambda b, h: (b, h, 0, 0)),
+        states=_compat.BlockSpec((None, None, chunks, headdim, state),
+                                 lambda b, h: (b, h, 0, 0, 0)),
+    )
+
+
+def _forward_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, out_ref, final_ref, *, q, emit_states):
+    chunks = x_ref.shape[0] // q
+
+    def body(c, S):
+        x, a, B, C = (_chunk(r, c, q) for r in (x_ref, a_ref, b_ref, c_ref))
+        L, e, w, a_last, _ = _decay(a)
+        if emit_states:
+            out_ref[c] = S
+        else:
+            y = _mm(_mm(C, B, "nt") * L, x) + e[:, None] * _mm(C, S, "nt")
+            out_ref[_compat.ds(c * q, q)] = y
+        return jnp.exp(a_last) * S + _mm(w[:, None] * x, B, "tn")
+
+    final_ref[...] = jax.lax.fori_loop(0, chunks, body, h0_ref[...])
+
+
+def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, dc_ref, dh0_ref,
+                    dy_ref, dfinal_ref, *, q):
+    chunks = x_ref.shape[0] // q
+
+    def body(c, carry):
+        S, dS = carry
+        x, a, B, C, dx, da, dB, dC = (_chunk(r, c, q) for r in (
+            x_ref, a_ref, b_ref, c_ref, dx_ref, da_ref, db_ref, dc_ref))
+        L, e, w, a_last, causal = _decay(a)
+        da_last = _last(da)
+        dL = jnp.where(causal, L * (da[:, None] - da[None, :]), 0.0)
+        CB = _mm(C, B, "nt")
+        dCB = _mm(dC, B, "nt") + _mm(C, dB, "nt")
+        G, dG = CB * L, dCB * L + CB * dL
+        CS = _mm(C, S, "nt")
+        dCS = _mm(dC, S, "nt") + _mm(C, dS, "nt")
+        dy = _mm(dG, x) + _mm(G, dx) + e[:, None] * (da[:, None] * CS + dCS)
+        dy_ref[_compat.ds(c * q, q)] = dy
+        dw = w * (da_last - da)
+        decay = jnp.exp(a_last)
+        dS = (decay * (da_last * S + dS) + _mm(w[:, None] * dx + dw[:, None] * x, B, "tn")
+              + _mm(w[:, None] * x, dB, "tn"))
+        S = decay * S + _mm(w[:, None] * x, B, "tn")
+        return S, dS
+
+    _, dfinal_ref[...] = jax.lax.fori_loop(0, chunks, body, (h0_ref[...], dh0_ref[...]))
+
+
+def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
+                     gx_ref, ga_ref, gb_ref, gc_ref, gh0_ref, *, q):
+    chunks = x_ref.shape[0] // q
+
+    def body(k, gS):
+        c = chunks - 1 - k
+        x, a, B, C, gy = (_chunk(r, c, q) for r in (x_ref, a_ref, b_ref, c_ref, gy_ref))
+        S = states_ref[c]
+        L, e, w, a_last, _ = _decay(a)
+        decay = jnp.exp(a_last)
+        CB = _mm(C, B, "nt")
+        G = CB * L
+        # Y = G X + e * (C S^T)
+        gx = _mm(G, gy, "tn")
+        gG = _mm(gy, x, "nt")
+        gCB, M = gG * L, gG * CB * L
+        CS = _mm(C, S, "nt")
+        gz = e[:, None] * gy
+        gC = _mm(gCB, B) + _mm(gz, S)
+        gB = _mm(gCB, C, "tn")
+        gS_in = _mm(gz, C, "tn")
+        ga = jnp.sum(M, axis=1) - jnp.sum(M, axis=0) + e * jnp.sum(gy * CS, axis=1)
+        # S_out = decay * S + (w X)^T B
+        gS_in = gS_in + decay * gS
+        gxw = _mm(B, gS, "nt")
+        gB = gB + _mm(w[:, None] * x, gS)
+        gx = gx + w[:, None] * gxw
+        gw = w * jnp.sum(gxw * x, axis=1)
+        ga_last = jnp.sum(gw) + decay * jnp.sum(gS * S)
+        is_last = jax.lax.broadcasted_iota(jnp.int32, (q,), 0) == q - 1
+        ga = ga - gw + jnp.where(is_last, ga_last, 0.0)
+        for ref, val in ((gx_ref, gx), (ga_ref, ga), (gb_ref, gB), (gc_ref, gC)):
+            ref[_compat.ds(c * q, q)] = val
+        return gS_in
+
+    gh0_ref[...] = jax.lax.fori_loop(0, chunks, body, gfinal_ref[...])
+
+
+def _dims(X, B, block_len):
+    batch, heads, padded, headdim = X.shape
+    groups, state = B.shape[1], B.shape[3]
+    chunks = padded // block_len
+    specs = _specs(batch, heads, groups, padded, headdim, state, chunks)
+    return (batch, heads, padded, headdim, state, chunks), specs
+
+
+def forward(X, a, B, C, h0, *, block_len, interpret, emit_states=False):
+    """(Y (b, h, T, p), final (b, h, p, n)); with ``emit_states``: (entering states
+    (b, h, chunks, p, n), final) instead."""
+    (batch, heads, padded, headdim, state, chunks), s = _dims(X, B, block_len)
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+    out = (sds(batch, heads, chunks, headdim, state) if emit_states
+           else sds(batch, heads, padded, headdim))
+    kernel = functools.partial(_forward_kernel, q=block_len, emit_states=emit_states)
+    return _compat.pallas_call(
+        kernel, interpret=interpret, grid=(batch, heads),
+        in_specs=[s["x"], s["a"], s["bc"], s["bc"], s["h"]],
+        out_specs=[s["states"] if emit_states else s["x"], s["h"]],
+        out_shape=[out, sds(batch, heads, headdim, state)],
+        name="ssd_forward",
+    )(X, a, B, C, h0)
+
+
+def tangent(X, a, B, C, h0, dX, da, dB, dC, dh0, *, block_len, interpret):
+    """JVP (dY (b, h, T, p), dfinal (b, h, p, n)); linear in (dX, da, dB, dC, dh0)."""
+    (batch, heads, padded, headdim, state, chunks), s = _dims(X, B, block_len)
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+    primal_specs = [s["x"], s["a"], s["bc"], s["bc"], s["h"]]
+    return _compat.pallas_call(
+        functools.partial(_tangent_kernel, q=block_len), interpret=interpret, grid=(batch, heads),
+        in_specs=primal_specs * 2,
+        out_specs=[s["x"], s["h"]],
+        out_shape=[sds(batch, heads, padded, headdim), sds(batch, heads, headdim, state)],
+        name="ssd_tangent",
+    )(X, a, B, C, h0, dX, da, dB, dC, dh0)
+
+
+def backward(X, a, B, C, h0, gY, gfinal, *, block_len, interpret):
+    """VJP: (gX, ga, gB, gC, gh0); gB, gC are per head (b, h, T, n), to be summed over groups."""
+    (batch, heads, padded, headdim, state, chunks), s = _dims(X, B, block_len)
+    states, _ = forward(X, a, B, C, h0, block_len=block_len, interpret=interpret,
+                        emit_states=True)
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+    return _compat.pallas_call(
+        functools.partial(_backward_kernel, q=block_len), interpret=interpret,
+        grid=(batch, heads),
+        in_specs=[s["x"], s["a"], s["bc"], s["bc"], s["states"], s["x"], s["h"]],
+        out_specs=[s["x"], s["a"], s["bc_heads"], s["bc_heads"], s["h"]],
+        out_shape=[sds(batch, heads, padded, headdim), sds(batch, heads, padded),
+                   sds(batch, heads, padded, state), sds(batch, heads, padded, state),
+                   sds(batch, heads, headdim, state)],
+        name="ssd_backward",
+    )(X, a, B, C, states, gY, gfinal)
