@@ -163,3 +163,40 @@ def test_auto_picks_pallas_only_on_accelerators():
                                        ssm_kernels.attention.api.IMPLEMENTATIONS)
     expected = "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
     assert fn is ssm_kernels.attention.api.IMPLEMENTATIONS[expected]
+
+
+def test_kernels_lower_for_cuda_through_triton(monkeypatch):
+    """No GPU needed: the GPU path (Triton params, padded layout) lowers to Triton IR for CUDA.
+
+    Catches kernel code the Triton lowering rejects; compiling the IR still needs a GPU.
+    """
+    from ssm_kernels.attention import pallas_compat, pallas_kernels
+
+    if pallas_compat.pl_triton is None:
+        pytest.skip("this jax has no Pallas Triton backend")
+    monkeypatch.setattr(pallas_kernels, "compiler_params",
+                        lambda warps, stages: pallas_compat.pl_triton.CompilerParams(
+                            num_warps=warps, num_stages=stages))
+    length, window = 96, 32
+    seq = jax.ShapeDtypeStruct((1, length, 2, 64), jnp.bfloat16)
+    mem = jax.ShapeDtypeStruct((1, length // window, 16, 2, 64), jnp.bfloat16)
+    pos = jax.ShapeDtypeStruct((1, length // window, 16), jnp.int32)
+    attend = functools.partial(pallas_attention, window=window, memory_chunk=window,
+                               scale=0.125, interpret=False)
+
+    def grad_and_jvp(q, k, v, fk, fv, mk, mv, mp):
+        def fn(*x):
+            return attend(*x[:3], fading_k=x[3], fading_v=x[4], memory_k=x[5], memory_v=x[6],
+                          memory_pos=mp)
+
+        def loss(*x):
+            out, lse = fn(*x)
+            return jnp.sum(out.astype(jnp.float32)) + jnp.sum(lse)
+
+        xs = (q, k, v, fk, fv, mk, mv)
+        return jax.grad(loss, argnums=tuple(range(7)))(*xs), jax.jvp(fn, xs, xs)
+
+    text = jax.jit(grad_and_jvp).trace(seq, seq, seq, seq, seq, mem, mem, pos).lower(
+        lowering_platforms=("cuda",)).as_text()
+    for name in ("fwd", "tangent", "dq", "dkv_context", "dkv_fading", "dkv_memory"):
+        assert f"bmojo_attention_{name}" in text, name

@@ -9,6 +9,8 @@ the transpose rule of ``tangent`` binds ``backward`` (transpose of the JVP = VJP
 jax.linearize, jax.grad and vmap all run the kernels. Second-order terms (the JVP of
 ``tangent`` and of ``backward``, needed by grad-of-jvp, jvp-of-grad, Hessians) differentiate
 the pure-JAX blocked form (``xla.blocked_attention``) instead: correct, not kernel-fast.
+In grad-of-jvp (training a linearized model) the kernels run the forward and tangent passes
+and the reverse pass is the XLA form's; in jvp-of-grad the kernels run forward and backward.
 Padding, slicing and grouping of heads happen in plain JAX around the primitives.
 """
 
