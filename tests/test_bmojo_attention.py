@@ -310,5 +310,5 @@ def test_validation_errors():
     bad(r"memory_chunk=4 given without memory_k", memory_chunk=4)
     bad(r"scale must be a positive Python number", scale=-1.0)
     bad(r"scale must be a positive Python number", scale=jnp.float32(0.5))
-    bad(r"implementation='pallas' is not available; choose one of \['dense', 'xla'\]",
-        implementation="pallas")
+    bad(r"implementation='triton' is not available; choose one of "
+        r"\['dense', 'interpret', 'pallas', 'xla'\]", implementation="triton")

@@ -160,9 +160,7 @@ def test_equals_selective_scan_for_scalar_decay_per_head():
     """Mamba-style parameterization: A_t = dt_t * a_h, X_t = dt_t * x_t. Then SSD is the selective
     scan over dim = heads * headdim channels (channel h * headdim + p) with u = x, delta = dt
     (no softplus), A[channel, :] = a_h, and B/C grouped with the same groups."""
-    selective_scan = getattr(ssm_kernels, "selective_scan", None)
-    if selective_scan is None:
-        pytest.skip("ssm_kernels.selective_scan not importable yet")
+    selective_scan = ssm_kernels.selective_scan
     rng = np.random.default_rng(11)
     batch, length, heads, headdim, state, groups = 2, 10, 4, 3, 5, 2
     dt = np.log1p(np.exp(rng.standard_normal((batch, length, heads)))).astype(np.float32)

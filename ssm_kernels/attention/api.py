@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax.numpy as jnp
 
 from ssm_kernels import _checks, _dispatch
+from ssm_kernels.attention.pallas import pallas_attention
 from ssm_kernels.attention.reference import dense_attention
 from ssm_kernels.attention.xla import blocked_attention
 
-IMPLEMENTATIONS = {"xla": blocked_attention, "dense": dense_attention}
+IMPLEMENTATIONS = {
+    "xla": blocked_attention,
+    "dense": dense_attention,
+    "pallas": functools.partial(pallas_attention, interpret=False),
+    "interpret": functools.partial(pallas_attention, interpret=True),
+}
 
 _SEQ = "(batch, length, kv_heads, head_dim)"
 
@@ -81,7 +88,9 @@ def bmojo_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=N
         snapshot i // memory_chunk, chunks = ceil(length / memory_chunk).
       memory_pos: integer (batch, slots) or (batch, chunks, slots); -1 marks an empty slot.
       scale: score scale, default head_dim ** -0.5.
-      implementation: None (auto), "xla" (blocked, linear in length) or "dense" (reference).
+      implementation: None (auto: "pallas" on GPU/TPU, else "xla"), "xla" (blocked, linear in
+        length), "dense" (naive reference), "pallas" (flash kernel) or "interpret" (the
+        kernel interpreted, runs on CPU).
 
     Returns:
       out (batch, length, heads, head_dim) in q.dtype and lse (batch, length, heads), the

@@ -36,6 +36,12 @@ def compiler_params(interpret: bool):
         "Use implementation='interpret' (the same kernel, interpreted) or 'xla' on CPU.")
 
 
+def needs_pow2_tiles(interpret: bool) -> bool:
+    """True where the kernels lower to Triton, whose loads/stores need power-of-two sizes and
+    whose dots need every tile dimension >= 16."""
+    return not interpret and jax.default_backend() == "gpu"
+
+
 def pallas_call(kernel, *, interpret: bool, **kwargs):
     """``pl.pallas_call`` with this module's backend parameters."""
     params = compiler_params(interpret)

@@ -1,7 +1,7 @@
 """Pallas kernels of SSD in the kernel layout (see ``xla.py``): forward, tangent and backward.
 
-One program per (batch, head); it walks the chunks of its sequence in order, carrying the
-(headdim, state) float32 state, and does the intra-chunk work as matmuls on (block_len x state),
+One program per (batch, head, tile of headdim rows); it walks the chunks of its sequence in
+order, carrying its rows of the (headdim, state) float32 state, and does the intra-chunk work as matmuls on (block_len x state),
 (block_len x headdim) and (block_len x block_len) tiles. Per chunk, with ``a`` the chunk-local
 cumulative log decay, ``L_ij = exp(a_i - a_j) [i >= j]``, ``e = exp(a)``, ``w = exp(a_last - a)``
 and ``S`` the state entering the chunk:
@@ -40,31 +40,44 @@ def _chunk(ref, c, q):
     return ref[_compat.ds(c * q, q)]
 
 
+def _last(v):
+    """v[-1] of a (q,) vector, as a masked sum (no value slicing inside kernels)."""
+    idx = jax.lax.broadcasted_iota(jnp.int32, v.shape, 0)
+    return jnp.sum(jnp.where(idx == v.shape[0] - 1, v, 0.0))
+
+
 def _decay(a):
-    """(L, e, w, a_last) of a chunk's cumulative log decay ``a`` (q,), masked before exp."""
+    """(L, e, w, a_last, causal mask) of a chunk's cumulative log decay ``a`` (q,), masked before exp."""
     q = a.shape[0]
     row = jax.lax.broadcasted_iota(jnp.int32, (q, q), 0)
     col = jax.lax.broadcasted_iota(jnp.int32, (q, q), 1)
     causal = row >= col
     diff = a[:, None] - a[None, :]
     L = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-    a_last = jnp.max(jnp.where(row[:, 0] == q - 1, a, -jnp.inf))  # a[q-1] as a reduction
+    a_last = _last(a)
     return L, jnp.exp(a), jnp.exp(a_last - a), a_last, causal
 
 
-def _specs(batch, heads, groups, padded, headdim, state, chunks):
+def _specs(heads, groups, padded, headdim_block, state, chunks):
+    """BlockSpecs over the grid (batch, heads, headdim tiles). Rows of the state are independent,
+    so a program owns ``headdim_block`` rows of X, Y and the state; B, C, A are shared."""
     per_group = heads // groups
-    seq = lambda width: _compat.BlockSpec((None, None, padded, width), lambda b, h: (b, h, 0, 0))
+    rows = headdim_block
     return dict(
-        x=seq(headdim),
-        a=_compat.BlockSpec((None, None, padded), lambda b, h: (b, h, 0)),
+        x=_compat.BlockSpec((None, None, padded, rows), lambda b, h, t: (b, h, 0, t)),
+        a=_compat.BlockSpec((None, None, padded), lambda b, h, t: (b, h, 0)),
         bc=_compat.BlockSpec((None, None, padded, state),
-                             lambda b, h: (b, h // per_group, 0, 0)),
-        bc_heads=seq(state),
-        h=_compat.BlockSpec((None, None, headdim, state), lambda b, h: (b, h, 0, 0)),
-        states=_compat.BlockSpec((None, None, chunks, headdim, state),
-                                 lambda b, h: (b, h, 0, 0, 0)),
+                             lambda b, h, t: (b, h // per_group, 0, 0)),
+        bc_heads=_compat.BlockSpec((None, None, padded, state), lambda b, h, t: (b, h, 0, 0)),
+        h=_compat.BlockSpec((None, None, rows, state), lambda b, h, t: (b, h, t, 0)),
+        states=_compat.BlockSpec((None, None, chunks, rows, state),
+                                 lambda b, h, t: (b, h, 0, t, 0)),
     )
+
+
+def default_headdim_block(headdim: int) -> int:
+    """Rows of the state per program: 32 when that splits headdim, else all of it."""
+    return 32 if headdim > 32 and headdim % 32 == 0 else headdim
 
 
 def _forward_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, out_ref, final_ref, *, q, emit_states):
@@ -92,7 +105,7 @@ def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, 
         x, a, B, C, dx, da, dB, dC = (_chunk(r, c, q) for r in (
             x_ref, a_ref, b_ref, c_ref, dx_ref, da_ref, db_ref, dc_ref))
         L, e, w, a_last, causal = _decay(a)
-        da_last = jnp.sum(jnp.where(jnp.arange(q) == q - 1, da, 0.0))
+        da_last = _last(da)
         dL = jnp.where(causal, L * (da[:, None] - da[None, :]), 0.0)
         CB = _mm(C, B, "nt")
         dCB = _mm(dC, B, "nt") + _mm(C, dB, "nt")
@@ -114,7 +127,6 @@ def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, 
 def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
                      gx_ref, ga_ref, gb_ref, gc_ref, gh0_ref, *, q):
     chunks = x_ref.shape[0] // q
-    last = jnp.arange(q) == q - 1
 
     def body(k, gS):
         c = chunks - 1 - k
@@ -141,7 +153,8 @@ def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
         gx = gx + w[:, None] * gxw
         gw = w * jnp.sum(gxw * x, axis=1)
         ga_last = jnp.sum(gw) + decay * jnp.sum(gS * S)
-        ga = ga - gw + jnp.where(last, ga_last, 0.0)
+        is_last = jax.lax.broadcasted_iota(jnp.int32, (q,), 0) == q - 1
+        ga = ga - gw + jnp.where(is_last, ga_last, 0.0)
         for ref, val in ((gx_ref, gx), (ga_ref, ga), (gb_ref, gB), (gc_ref, gC)):
             ref[_compat.ds(c * q, q)] = val
         return gS_in
@@ -149,24 +162,29 @@ def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
     gh0_ref[...] = jax.lax.fori_loop(0, chunks, body, gfinal_ref[...])
 
 
-def _dims(X, B, block_len):
+def _setup(X, B, block_len, headdim_block):
     batch, heads, padded, headdim = X.shape
     groups, state = B.shape[1], B.shape[3]
+    rows = headdim_block or default_headdim_block(headdim)
+    if headdim % rows:
+        raise ValueError(f"headdim_block={rows} must divide headdim={headdim}")
     chunks = padded // block_len
-    specs = _specs(batch, heads, groups, padded, headdim, state, chunks)
-    return (batch, heads, padded, headdim, state, chunks), specs
+    specs = _specs(heads, groups, padded, rows, state, chunks)
+    grid = (batch, heads, headdim // rows)
+    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+    return (batch, heads, padded, headdim, state, chunks), specs, grid, sds
 
 
-def forward(X, a, B, C, h0, *, block_len, interpret, emit_states=False):
+def forward(X, a, B, C, h0, *, block_len, interpret, headdim_block=None, emit_states=False):
     """(Y (b, h, T, p), final (b, h, p, n)); with ``emit_states``: (entering states
     (b, h, chunks, p, n), final) instead."""
-    (batch, heads, padded, headdim, state, chunks), s = _dims(X, B, block_len)
-    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+    (batch, heads, padded, headdim, state, chunks), s, grid, sds = _setup(
+        X, B, block_len, headdim_block)
     out = (sds(batch, heads, chunks, headdim, state) if emit_states
            else sds(batch, heads, padded, headdim))
     kernel = functools.partial(_forward_kernel, q=block_len, emit_states=emit_states)
     return _compat.pallas_call(
-        kernel, interpret=interpret, grid=(batch, heads),
+        kernel, interpret=interpret, grid=grid,
         in_specs=[s["x"], s["a"], s["bc"], s["bc"], s["h"]],
         out_specs=[s["states"] if emit_states else s["x"], s["h"]],
         out_shape=[out, sds(batch, heads, headdim, state)],
@@ -174,13 +192,13 @@ def forward(X, a, B, C, h0, *, block_len, interpret, emit_states=False):
     )(X, a, B, C, h0)
 
 
-def tangent(X, a, B, C, h0, dX, da, dB, dC, dh0, *, block_len, interpret):
+def tangent(X, a, B, C, h0, dX, da, dB, dC, dh0, *, block_len, interpret, headdim_block=None):
     """JVP (dY (b, h, T, p), dfinal (b, h, p, n)); linear in (dX, da, dB, dC, dh0)."""
-    (batch, heads, padded, headdim, state, chunks), s = _dims(X, B, block_len)
-    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+    (batch, heads, padded, headdim, state, chunks), s, grid, sds = _setup(
+        X, B, block_len, headdim_block)
     primal_specs = [s["x"], s["a"], s["bc"], s["bc"], s["h"]]
     return _compat.pallas_call(
-        functools.partial(_tangent_kernel, q=block_len), interpret=interpret, grid=(batch, heads),
+        functools.partial(_tangent_kernel, q=block_len), interpret=interpret, grid=grid,
         in_specs=primal_specs * 2,
         out_specs=[s["x"], s["h"]],
         out_shape=[sds(batch, heads, padded, headdim), sds(batch, heads, headdim, state)],
@@ -188,15 +206,18 @@ def tangent(X, a, B, C, h0, dX, da, dB, dC, dh0, *, block_len, interpret):
     )(X, a, B, C, h0, dX, da, dB, dC, dh0)
 
 
-def backward(X, a, B, C, h0, gY, gfinal, *, block_len, interpret):
-    """VJP: (gX, ga, gB, gC, gh0); gB, gC are per head (b, h, T, n), to be summed over groups."""
-    (batch, heads, padded, headdim, state, chunks), s = _dims(X, B, block_len)
+def backward(X, a, B, C, h0, gY, gfinal, *, block_len, interpret, headdim_block=None):
+    """VJP: (gX, ga, gB, gC, gh0); gB, gC are per head (b, h, T, n), to be summed over groups.
+
+    A forward sweep (tiled over headdim) saves the chunk-entering states; the reverse sweep runs
+    one program per (batch, head), since ga, gB and gC sum over all rows of the state.
+    """
     states, _ = forward(X, a, B, C, h0, block_len=block_len, interpret=interpret,
-                        emit_states=True)
-    sds = lambda *shape: jax.ShapeDtypeStruct(shape, X.dtype)
+                        headdim_block=headdim_block, emit_states=True)
+    (batch, heads, padded, headdim, state, chunks), s, grid, sds = _setup(
+        X, B, block_len, X.shape[3])
     return _compat.pallas_call(
-        functools.partial(_backward_kernel, q=block_len), interpret=interpret,
-        grid=(batch, heads),
+        functools.partial(_backward_kernel, q=block_len), interpret=interpret, grid=grid,
         in_specs=[s["x"], s["a"], s["bc"], s["bc"], s["states"], s["x"], s["h"]],
         out_specs=[s["x"], s["a"], s["bc_heads"], s["bc_heads"], s["h"]],
         out_shape=[sds(batch, heads, padded, headdim), sds(batch, heads, padded),

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad
 
-from ssm_kernels.duality import kernels
+from ssm_kernels.duality import _compat, kernels
 from ssm_kernels.duality.primitives import batched_primitive
 from ssm_kernels.duality.reference import compute_dtype
 from ssm_kernels.duality.xla import chunked_core, from_kernel_layout, to_kernel_layout
@@ -34,9 +34,8 @@ def _sum_groups(g_heads, groups):
     return g_heads.reshape(batch, groups, heads // groups, *g_heads.shape[2:]).sum(axis=2)
 
 
-def _backward_impl(X, a, B, C, h0, gY, gfinal, *, block_len, interpret):
-    gX, ga, gB, gC, gh0 = kernels.backward(X, a, B, C, h0, gY, gfinal, block_len=block_len,
-                                           interpret=interpret)
+def _backward_impl(X, a, B, C, h0, gY, gfinal, **params):
+    gX, ga, gB, gC, gh0 = kernels.backward(X, a, B, C, h0, gY, gfinal, **params)
     groups = B.shape[1]
     return gX, ga, _sum_groups(gB, groups), _sum_groups(gC, groups), gh0
 
@@ -50,22 +49,23 @@ def _core(block_len):
     return lambda X, a, B, C, h0: chunked_core(X, a, B, C, h0, block_len)
 
 
-def _instantiate(tangents, primals):
-    return [ad.instantiate_zeros(t) if type(t) is ad.Zero else t for t in tangents]
+def _instantiate(tangents):
+    """Symbolic zero tangents/cotangents -> arrays of zeros (the kernels take every operand)."""
+    return [ad.instantiate_zeros(t) for t in tangents]
 
 
-def _forward_jvp(primals, tangents, *, block_len, interpret):
-    tangents = _instantiate(tangents, primals)
-    out = forward_p.bind(*primals, block_len=block_len, interpret=interpret)
-    return out, tangent_p.bind(*primals, *tangents, block_len=block_len, interpret=interpret)
+def _forward_jvp(primals, tangents, **params):
+    tangents = _instantiate(tangents)
+    out = forward_p.bind(*primals, **params)
+    return out, tangent_p.bind(*primals, *tangents, **params)
 
 
-def _tangent_transpose(cts, *args, block_len, interpret):
+def _tangent_transpose(cts, *args, **params):
     primals, tangents = args[:5], args[5:]
     if any(ad.is_undefined_primal(p) for p in primals):
         raise NotImplementedError("ssd_tangent is linear only in its tangent operands")
-    gY, gfinal = (ad.instantiate_zeros(ct) if type(ct) is ad.Zero else ct for ct in cts)
-    grads = backward_p.bind(*primals, gY, gfinal, block_len=block_len, interpret=interpret)
+    gY, gfinal = _instantiate(cts)
+    grads = backward_p.bind(*primals, gY, gfinal, **params)
     return [None] * 5 + [g if ad.is_undefined_primal(t) else None
                          for t, g in zip(tangents, grads)]
 
@@ -84,10 +84,10 @@ def _backward_reference(block_len):
 
 def _second_order_jvp(prim, reference):
     """JVP rule: kernel primal, tangent from differentiating the pure-JAX reference."""
-    def rule(primals, tangents, *, block_len, interpret):
-        tangents = _instantiate(tangents, primals)
-        out = prim.bind(*primals, block_len=block_len, interpret=interpret)
-        _, t_out = jax.jvp(reference(block_len), tuple(primals), tuple(tangents))
+    def rule(primals, tangents, **params):
+        tangents = _instantiate(tangents)
+        out = prim.bind(*primals, **params)
+        _, t_out = jax.jvp(reference(params["block_len"]), tuple(primals), tuple(tangents))
         return out, list(t_out)
     return rule
 
@@ -98,10 +98,33 @@ ad.primitive_jvps[tangent_p] = _second_order_jvp(tangent_p, _tangent_reference)
 ad.primitive_jvps[backward_p] = _second_order_jvp(backward_p, _backward_reference)
 
 
-def ssd_pallas(X, A, B, C, block_len, initial_states, *, interpret):
-    """``ssm_kernels.ssd`` through the Pallas kernels (``interpret=True``: interpreted on CPU)."""
+def _pad_tiles(Xk, Bk, Ck, h0, block_len):
+    """Zero-pad headdim and state to powers of two >= 16 (zeros add nothing to Y or the state)."""
+    if block_len < 16 or block_len & (block_len - 1):
+        raise ValueError(f"block_len must be a power of two >= 16 for the GPU (Triton) "
+                         f"kernels; got {block_len}")
+    size = lambda d: max(16, 1 << (d - 1).bit_length())
+    pad_to = lambda t, dims: jnp.pad(t, [(0, 0)] * (t.ndim - len(dims)) +
+                                     [(0, size(d) - d) for d in dims])
+    headdim, state = h0.shape[2:]
+    return (pad_to(Xk, (headdim,)), pad_to(Bk, (state,)), pad_to(Ck, (state,)),
+            pad_to(h0, (headdim, state)))
+
+
+def ssd_pallas(X, A, B, C, block_len, initial_states, *, interpret, pow2_tiles=None,
+               headdim_block=None):
+    """``ssm_kernels.ssd`` through the Pallas kernels (``interpret=True``: interpreted on CPU).
+
+    ``pow2_tiles`` (default: only for the GPU/Triton lowering) pads headdim and state to powers
+    of two >= 16 and requires such a ``block_len``. ``headdim_block``: state rows per program
+    (default ``kernels.default_headdim_block``); it must divide the (padded) headdim.
+    """
     dtype = compute_dtype(X, A, B, C, initial_states)
     Xk, a_cum, Bk, Ck = to_kernel_layout(X, A, B, C, block_len, dtype)
-    Y, final = forward_p.bind(Xk, a_cum, Bk, Ck, initial_states.astype(dtype),
-                              block_len=block_len, interpret=interpret)
-    return from_kernel_layout(Y, X.shape[1]), final
+    h0 = initial_states.astype(dtype)
+    headdim, state = h0.shape[2:]
+    if _compat.needs_pow2_tiles(interpret) if pow2_tiles is None else pow2_tiles:
+        Xk, Bk, Ck, h0 = _pad_tiles(Xk, Bk, Ck, h0, block_len)
+    Y, final = forward_p.bind(Xk, a_cum, Bk, Ck, h0, block_len=block_len, interpret=interpret,
+                              headdim_block=headdim_block)
+    return from_kernel_layout(Y[..., :headdim], X.shape[1]), final[:, :, :headdim, :state]

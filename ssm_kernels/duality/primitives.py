@@ -15,10 +15,16 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir  # unmapped operands have dim None
+from jax.interpreters import batching, mlir
+
+try:  # public through jax 0.10; guarded in case a later release moves it
+    from jax.core import ShapedArray
+except ImportError:  # pragma: no cover
+    from jax._src.core import ShapedArray
 
 
 def batched_primitive(name: str, impl) -> Primitive:
+    """Primitive ``name`` computed by ``impl(*arrays, **static_params) -> tuple of arrays``."""
     prim = Primitive(name)
     prim.multiple_results = True
     def eager(*args, **params):
@@ -26,9 +32,10 @@ def batched_primitive(name: str, impl) -> Primitive:
 
     def abstract_eval(*avals, **params):
         outs = jax.eval_shape(functools.partial(impl, **params), *avals)
-        return [jax.core.ShapedArray(o.shape, o.dtype) for o in outs]
+        return [ShapedArray(o.shape, o.dtype) for o in outs]
 
     def batch_rule(args, dims, **params):
+        # dims[i] is the mapped axis of operand i, or None where it is not mapped
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
 
         def fold(a, d):

@@ -1,0 +1,74 @@
+"""Sliding-window attention with RoPE and grouped key/value heads, and one decode-step attention."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import ssm_kernels
+
+from .config import ModelConfig
+from .rope import apply_rope
+
+
+class SlidingWindowAttention(nn.Module):
+    """Query i attends to tokens i-window+1 .. i (``window >= length``: causal attention).
+
+    Projections: q (d_model -> heads x head_dim), k, v (d_model -> kv_heads x head_dim),
+    o (heads x head_dim -> d_model), no biases; RoPE on q and k at the token positions.
+    ``queries``/``keys_values``/``output`` are exposed so that ``BMojoLayer`` can add the
+    fading and eidetic sources to the same softmax.
+    """
+
+    config: ModelConfig
+    window: int
+
+    def setup(self):
+        c = self.config
+        dense = lambda shape, **kw: nn.DenseGeneral(shape, use_bias=False, dtype=c.dtype, **kw)  # noqa: E731
+        self.q_proj = dense((c.n_heads, c.head_dim))
+        self.k_proj = dense((c.n_kv_heads, c.head_dim))
+        self.v_proj = dense((c.n_kv_heads, c.head_dim))
+        self.o_proj = dense(c.d_model, axis=(-2, -1))
+
+    def queries(self, x, positions):
+        """x: (batch, length, d_model), positions: (length,) -> (batch, length, heads, head_dim)."""
+        return apply_rope(self.q_proj(x), positions, self.config.rope_base)
+
+    def keys_values(self, x, positions):
+        """x: (batch, length, d_model) -> k (RoPE applied), v: (batch, length, kv_heads, head_dim)."""
+        return apply_rope(self.k_proj(x), positions, self.config.rope_base), self.v_proj(x)
+
+    def output(self, o):
+        """o: (batch, length, heads, head_dim) -> (batch, length, d_model)."""
+        return self.o_proj(o)
+
+    def __call__(self, x):
+        """x: (batch, length, d_model) -> (batch, length, d_model)."""
+        positions = jnp.arange(x.shape[1])
+        k, v = self.keys_values(x, positions)
+        out, _ = ssm_kernels.bmojo_attention(
+            self.queries(x, positions), k, v, window=self.window,
+            implementation=self.config.attention_implementation)
+        return self.output(out)
+
+
+def attend_step(q, sources, scale=None):
+    """Attention of one query per sequence over several key sources, with one softmax.
+
+    q: (batch, heads, head_dim); sources: sequence of (k, v, visible) with k, v
+    (batch, n, kv_heads, head_dim) and visible a bool mask broadcastable to (batch, n).
+    Returns (batch, heads, head_dim) in q.dtype.
+    """
+    batch, heads, head_dim = q.shape
+    k = jnp.concatenate([s[0] for s in sources], axis=1).astype(jnp.float32)
+    v = jnp.concatenate([s[1] for s in sources], axis=1).astype(jnp.float32)
+    visible = jnp.concatenate([jnp.broadcast_to(s[2], (batch, s[0].shape[1])) for s in sources], axis=1)
+    kv_heads = k.shape[2]
+    scale = head_dim ** -0.5 if scale is None else scale
+    qg = q.astype(jnp.float32).reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bkgd,bskd->bkgs", qg, k) * scale
+    scores = jnp.where(visible[:, None, None, :], scores, -jnp.inf)
+    out = jnp.einsum("bkgs,bskd->bkgd", jax.nn.softmax(scores, axis=-1), v)
+    return out.reshape(batch, heads, head_dim).astype(q.dtype)

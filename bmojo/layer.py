@@ -1,0 +1,153 @@
+"""The B'MOJO layer: fading memory (SSM), innovation test, eidetic store, one attention.
+
+Depending on the block type (see ``bmojo.config``) parts are switched off, which gives the
+special cases: attention alone (``"attention"``, ``"swa"``), the SSM alone (``"mamba"``),
+SSM + attention over the in-context and fading windows (``"bmojo_f"``), and all three
+sources (``"bmojo"``).
+
+For input x (batch, L, d_model), window W, chunk C:
+  f = SSM(x);  e_j = mean_d (x_j - P f_{j-1})^2 (f_{-1} = 0)
+  aux = mean_j e_j with stop-gradient on x and f (trains only the predictor P)
+  store: ``memory.store_snapshots`` on (k_j, v_j, stop_gradient(e_j)), one snapshot per chunk
+  out = o(bmojo_attention(q(x), k(x), v(x), fading = k(f), v(f), memory = snapshots))
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import ssm_kernels
+
+from . import mamba, memory
+from .attention import SlidingWindowAttention, attend_step
+from .config import ATTENTION_TYPES, SSM_TYPES, ModelConfig
+
+
+def init_layer_cache(config: ModelConfig, kind: str, batch: int) -> dict:
+    """Decoding state of one layer: SSM/conv states, ring buffers of keys/values with their
+    positions (-1: empty) for the in-context window (and the store candidates) and the fading
+    window, the last SSM output, recent innovations and the eidetic store."""
+    c = config
+    cache = {}
+    if kind in SSM_TYPES:
+        cache["ssm"] = mamba.init_state(c, batch)
+    if kind in ATTENTION_TYPES:
+        w = c.layer_window(kind)
+        size = c.horizon(kind) + c.chunk_size if c.uses_memory(kind) else w
+        kv = lambda n: jnp.zeros((batch, n, c.n_kv_heads, c.head_dim), c.dtype)  # noqa: E731
+        cache.update(k=kv(size), v=kv(size), pos=jnp.full((size,), -1, jnp.int32))
+        if c.uses_fading(kind):
+            cache.update(fk=kv(2 * w), fv=kv(2 * w), fpos=jnp.full((2 * w,), -1, jnp.int32))
+        if c.uses_memory(kind):
+            cache.update(score=jnp.zeros((batch, size), jnp.float32),
+                         f_prev=jnp.zeros((batch, c.d_model), c.dtype),
+                         store=memory.empty_store(batch, c.memory_slots, c.n_kv_heads, c.head_dim, c.dtype))
+    return cache
+
+
+def _ring_write(buffer, index, value):
+    return jax.lax.dynamic_update_index_in_dim(buffer, value.astype(buffer.dtype), index, axis=1)
+
+
+class BMojoLayer(nn.Module):
+    """One mixer layer of block type ``kind``: (batch, L, d_model) -> ((batch, L, d_model), aux)."""
+
+    config: ModelConfig
+    kind: str = "bmojo"
+
+    def setup(self):
+        c, kind = self.config, self.kind
+        self.window = c.layer_window(kind)
+        self.has_ssm = kind in SSM_TYPES
+        self.has_attention = kind in ATTENTION_TYPES
+        self.fading = c.uses_fading(kind)
+        self.memory = c.uses_memory(kind)
+        self.horizon = c.horizon(kind)
+        if self.has_ssm:
+            self.ssm = mamba.mixer(c)
+        if self.has_attention:
+            self.attn = SlidingWindowAttention(c, self.window)
+        if self.memory:
+            self.predictor = nn.Dense(c.d_model, dtype=c.dtype)
+
+    def _predict(self, f_prev):
+        return self.predictor(jax.lax.stop_gradient(f_prev))
+
+    def __call__(self, x):
+        c = self.config
+        f = self.ssm(x) if self.has_ssm else None
+        aux = jnp.zeros((), jnp.float32)
+        if not self.has_attention:
+            return f, aux
+        positions = jnp.arange(x.shape[1])
+        k, v = self.attn.keys_values(x, positions)
+        sources = {}
+        if self.fading:
+            sources["fading_k"], sources["fading_v"] = self.attn.keys_values(f, positions)
+        if self.memory:
+            f_prev = jnp.pad(f[:, :-1], ((0, 0), (1, 0), (0, 0)))
+            e = memory.innovation(jax.lax.stop_gradient(x), self._predict(f_prev))
+            aux = jnp.mean(e)
+            snaps, final = memory.store_snapshots(
+                k, v, jax.lax.stop_gradient(e), slots=c.memory_slots, chunk=c.chunk_size,
+                horizon=self.horizon, rule=memory.StoreRule.from_config(c))
+            self.sow("intermediates", "store", {"pos": final["pos"], "score": final["score"]})
+            sources.update(memory_k=snaps["k"], memory_v=snaps["v"], memory_pos=snaps["pos"],
+                           memory_chunk=c.chunk_size)
+        out, _ = ssm_kernels.bmojo_attention(
+            self.attn.queries(x, positions), k, v, window=self.window,
+            implementation=c.attention_implementation, **sources)
+        return self.attn.output(out), aux
+
+    def step(self, x, cache, t):
+        """One token x: (batch, d_model) at position t (int32 scalar) -> (y, new cache)."""
+        c = self.config
+        new = dict(cache)
+        f = None
+        if self.has_ssm:
+            f, new["ssm"] = self.ssm.step(x, cache["ssm"])
+        if not self.has_attention:
+            return f, new
+        pos1 = t[None]
+        q = self.attn.queries(x[:, None], pos1)[:, 0]
+        k, v = self.attn.keys_values(x[:, None], pos1)
+        slot = t % cache["pos"].shape[0]
+        for name, value in (("k", k[:, 0]), ("v", v[:, 0])):
+            new[name] = _ring_write(cache[name], slot, value)
+        new["pos"] = cache["pos"].at[slot].set(t)
+        sources = [(new["k"], new["v"], (new["pos"] >= 0) & (new["pos"] > t - self.window))]
+        if self.fading:
+            fk, fv = self.attn.keys_values(f[:, None], pos1)
+            fslot = t % cache["fpos"].shape[0]
+            new["fk"] = _ring_write(cache["fk"], fslot, fk[:, 0])
+            new["fv"] = _ring_write(cache["fv"], fslot, fv[:, 0])
+            new["fpos"] = cache["fpos"].at[fslot].set(t)
+            fpos = new["fpos"]
+            sources.append((new["fk"], new["fv"],
+                            (fpos >= 0) & (fpos > t - 2 * self.window) & (fpos <= t - self.window)))
+        if self.memory:
+            e = memory.innovation(x, self._predict(cache["f_prev"]))
+            new["score"] = cache["score"].at[:, slot].set(e)
+            new["f_prev"] = f.astype(cache["f_prev"].dtype)
+            store = cache["store"]
+            sources.append((store["k"], store["v"],
+                            (store["pos"] >= 0) & (store["pos"] <= t - self.horizon)))
+        y = self.attn.output(attend_step(q, sources)[:, None])[:, 0]
+        if self.memory:
+            new["store"] = self._update_store_at_chunk_end(new, store, t)
+        return y, new
+
+    def _update_store_at_chunk_end(self, new, store, t):
+        c = self.config
+        batch = store["pos"].shape[0]
+        pos = memory.chunk_candidates(t // c.chunk_size, c.chunk_size, self.horizon)
+        idx = pos % new["pos"].shape[0]
+        valid = (pos >= 0) & (new["pos"][idx] == pos)
+        bcast = lambda a: jnp.broadcast_to(a, (batch, c.chunk_size))  # noqa: E731
+        updated = memory.update_store(store, new["k"][:, idx], new["v"][:, idx], bcast(pos),
+                                      new["score"][:, idx], bcast(valid),
+                                      memory.StoreRule.from_config(c))
+        at_end = (t + 1) % c.chunk_size == 0
+        return jax.tree.map(lambda a, b: jnp.where(at_end, a, b), updated, store)
