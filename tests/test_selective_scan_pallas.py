@@ -111,10 +111,7 @@ def test_vmap_over_extra_leading_axis():
                          got, want)
 
 
-def test_pallas_needs_an_accelerator_and_bounded_chunk():
+def test_bounded_chunk():
     args = make_inputs(8, batch=1, dim=4, length=5, state=2)
-    if jax.default_backend() == "cpu":
-        with pytest.raises(ValueError, match="implementation='pallas' needs a GPU or TPU"):
-            ssm_kernels.selective_scan(**args, implementation="pallas")
     with pytest.raises(ValueError, match="chunk_size=512 is too large"):
         ssm_kernels.selective_scan(**args, chunk_size=512, implementation="interpret")

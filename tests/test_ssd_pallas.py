@@ -152,11 +152,3 @@ def test_power_of_two_tiles_and_headdim_tiling():
         ssd_pallas(*args[:4], 12, args[4], interpret=True, pow2_tiles=True)
     with pytest.raises(ValueError, match="headdim_block=5 must divide headdim=16"):
         ssd_pallas(*args[:4], 16, args[4], interpret=True, pow2_tiles=True, headdim_block=5)
-
-
-def test_pallas_needs_accelerator():
-    if jax.default_backend() != "cpu":
-        pytest.skip("checks the CPU error message")
-    args = make_inputs(9, length=4)
-    with pytest.raises(ValueError, match="implementation='interpret'"):
-        ssm_kernels.ssd(*args[:4], 4, args[4], implementation="pallas")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from ssm_kernels.scan import pallas_compat
@@ -23,9 +22,6 @@ MAX_CHUNK = 256
 
 def scan_pallas(u, dt, A, B, C, h0, chunk_size=None, *, interpret=False, block_dim=BLOCK_DIM):
     """Selective scan by the Pallas kernels (``interpret=True``: the same kernels on CPU)."""
-    if not interpret and jax.default_backend() not in ("gpu", "tpu"):
-        raise ValueError(f"implementation='pallas' needs a GPU or TPU (backend is "
-                         f"{jax.default_backend()!r}); use implementation='interpret' on CPU")
     T = DEFAULT_CHUNK if chunk_size is None else chunk_size
     if T > MAX_CHUNK:
         raise ValueError(f"chunk_size={T} is too large for the Pallas kernels (their chunk steps "
