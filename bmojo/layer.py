@@ -52,7 +52,11 @@ def _ring_write(buffer, index, value):
 
 
 class BMojoLayer(nn.Module):
-    """One mixer layer of block type ``kind``: (batch, L, d_model) -> ((batch, L, d_model), aux)."""
+    """One mixer layer of block type ``kind``: (batch, L, d_model) -> ((batch, L, d_model), aux).
+
+    With an eidetic store, ``apply(..., mutable=["intermediates"])`` also returns the innovation
+    scores ``"innovation"`` (batch, L) and the final store ``"store"`` (its ``pos`` and ``score``).
+    """
 
     config: ModelConfig
     kind: str = "bmojo"
@@ -90,6 +94,7 @@ class BMojoLayer(nn.Module):
             f_prev = jnp.pad(f[:, :-1], ((0, 0), (1, 0), (0, 0)))
             e = memory.innovation(jax.lax.stop_gradient(x), self._predict(f_prev))
             aux = jnp.mean(e)
+            self.sow("intermediates", "innovation", e)
             snaps, final = memory.store_snapshots(
                 k, v, jax.lax.stop_gradient(e), slots=c.memory_slots, chunk=c.chunk_size,
                 horizon=self.horizon, rule=memory.StoreRule.from_config(c))
