@@ -148,6 +148,49 @@ def load_vit_npz(path: str, template: Mapping, *, reinit: Iterable[str] = ()) ->
     return unflatten({p: (v if n in keep else _cast(tensors[n], v)) for n, (p, v) in flat.items()})
 
 
+def npz_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the arrays in an ``.npz`` file, read from the headers only."""
+    import zipfile
+
+    shapes = {}
+    with zipfile.ZipFile(str(path)) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shapes[name.removesuffix(".npy")] = tuple(read(f)[0])
+    return shapes
+
+
+def vit_config_from_npz(path: str, **overrides):
+    """The ``ViTConfig`` of a big_vision-style ``.npz``, read from its tensor shapes.
+
+    width and patch size from ``embedding/kernel`` (p, p, channels, width), image size from
+    ``pos_embedding`` (1, (image/p)^2, width), depth from the ``encoderblock_{i}`` names,
+    mlp_dim and num_heads from block 0, num_classes from ``head/kernel`` (width, classes).
+    ``overrides`` replace fields, e.g. ``num_classes`` for a new head.
+    """
+    from experiments.backbones.vit import ViTConfig
+
+    shapes = {k.removeprefix("params/"): v for k, v in npz_shapes(path).items()}
+    block = "Transformer/encoderblock_0/"
+    needed = ("embedding/kernel", "pos_embedding", block + "MlpBlock_0/Dense_0/kernel",
+              block + "MultiHeadDotProductAttention_0/query/kernel")
+    missing = [n for n in needed if n not in shapes]
+    if missing:
+        raise ValueError(f"checkpoint {path} is not a big_vision ViT: missing {', '.join(missing)}")
+    patch, width = shapes["embedding/kernel"][0], shapes["embedding/kernel"][-1]
+    side = int(round(np.sqrt(shapes["pos_embedding"][1])))
+    depth = len({m.group(1) for n in shapes if (m := re.match(r"Transformer/encoderblock_(\d+)/", n))})
+    fields = dict(image_size=side * patch, patch_size=patch, width=width, depth=depth,
+                  mlp_dim=shapes[block + "MlpBlock_0/Dense_0/kernel"][1],
+                  num_heads=shapes[block + "MultiHeadDotProductAttention_0/query/kernel"][1])
+    if "head/kernel" in shapes:
+        fields["num_classes"] = shapes["head/kernel"][1]
+    return ViTConfig(**{**fields, **overrides})
+
+
 # ----------------------------------------------------------------------------- installed MiniLM
 
 def installed_minilm():

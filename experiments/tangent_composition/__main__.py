@@ -1,0 +1,3 @@
+from experiments.tangent_composition import main
+
+main()
