@@ -39,20 +39,29 @@ def per_example_norms(grads) -> jax.Array:
     return jnp.sqrt(sum(squares))
 
 
+def clip_scales(grads, l2_clip: float) -> jax.Array:
+    """``min(1, C / ||g_i||)`` (B,): the factor that clips each example's gradient to norm C."""
+    return l2_clip / jnp.maximum(per_example_norms(grads), l2_clip)
+
+
 def clip(grads, l2_clip: float):
     """Scale each example's gradient by ``min(1, C / norm)`` so that its norm is at most C."""
-    norms = per_example_norms(grads)
-    scale = l2_clip / jnp.maximum(norms, l2_clip)
+    scale = clip_scales(grads, l2_clip)
     return jax.tree.map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), grads)
 
 
 def privatize(grads, l2_clip: float, noise_multiplier: float, key: jax.Array):
-    """``(sum_i clip(g_i) + N(0, (sigma C)^2)) / B`` from per-example ``grads``."""
-    clipped = clip(grads, l2_clip)
-    leaves, treedef = jax.tree.flatten(clipped)
+    """``(sum_i clip(g_i) + N(0, (sigma C)^2)) / B`` from per-example ``grads``.
+
+    The clipped sum is one contraction ``sum_i s_i g_i`` with the clip factors ``s``, so the
+    clipped per-example copies are never materialized.
+    """
+    scale = clip_scales(grads, l2_clip)
+    leaves, treedef = jax.tree.flatten(grads)
     keys = jax.random.split(key, len(leaves))
     batch = leaves[0].shape[0]
-    noisy = [(g.sum(0) + noise_multiplier * l2_clip * jax.random.normal(k, g.shape[1:], g.dtype)) / batch
+    noisy = [(jnp.tensordot(scale.astype(g.dtype), g, axes=1)
+              + noise_multiplier * l2_clip * jax.random.normal(k, g.shape[1:], g.dtype)) / batch
              for g, k in zip(leaves, keys)]
     return jax.tree.unflatten(treedef, noisy)
 
