@@ -174,3 +174,17 @@ def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, mo
     assert (tmp_path / "results.md").read_text() == table
     with pytest.raises(ValueError, match="other settings .*seq_len=16"):
         lm.main(argv + ["--seq_len=8", "--position_buckets=2"])
+
+
+def test_benchmark_reference_is_the_same_transformer_with_dot_product_attention():
+    from benchmarks import lm_step
+
+    config = lm.PRESETS["tiny"]
+    for name in ("transformer", "swa"):  # full causal attention, and a window shorter than the input
+        cfg = models.model_config(config, name, 256)
+        model = bmojo.LanguageModel(cfg)
+        tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, 256)
+        params = jax.jit(model.init)(jax.random.key(0), tokens)
+        ours, _ = jax.jit(model.apply)(params, tokens)
+        reference, _ = jax.jit(lm_step.reference_apply(model, "xla"))(params, tokens)
+        np.testing.assert_allclose(reference, ours, rtol=1e-4, atol=1e-4)
