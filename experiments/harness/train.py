@@ -103,7 +103,8 @@ def fit(
         start = 0
         if ckpt is not None:
             if ckpt.discarded:
-                print(f"{run}: discarded incomplete checkpoints {', '.join(ckpt.discarded)} in {ckpt.directory}")
+                print(f"{run}: discarded incomplete checkpoints {', '.join(ckpt.discarded)} "
+                      f"in {ckpt.directory}")
             if ckpt.latest_step() is not None:
                 state, meta = ckpt.restore(state)
                 start = int(meta["data_position"])
