@@ -9,10 +9,10 @@ for a GPU/TPU).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import bmojo
 from bmojo.config import DTYPES, SSM_KINDS
+from experiments import harness
 from experiments.data import text
 
 ISSUE_MODELS = ("transformer", "swa", "mamba", "mamba2", "jamba", "bmojo_f", "bmojo")
@@ -153,48 +153,22 @@ def _fail(name: str, value, expected: str):
 def validate(config: Config) -> None:
     """ValueError naming the first invalid field (run before anything is read or written)."""
     c = config
-    for name in ("seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "ff_multiple",
-                 "window", "ssm_state", "steps", "batch_size", "eval_windows", "eval_batch_size",
-                 "position_buckets", "prompt_len", "sample_len", "bpe_vocab", "bpe_train_bytes",
-                 "log_every"):
-        value = getattr(c, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            _fail(name, value, "a positive integer")
-    for name in ("memory_slots", "samples", "checkpoint_every"):
-        value = getattr(c, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            _fail(name, value, "an integer >= 0")
-    if c.max_bytes is not None and (not isinstance(c.max_bytes, int) or c.max_bytes < 1):
-        _fail("max_bytes", c.max_bytes, "None or a positive integer")
-    for name in ("models", "extrapolation", "learning_rates", "seeds"):
-        if not getattr(c, name):
-            _fail(name, getattr(c, name), "at least one entry")
+    harness.check_fields(
+        c, positive=("seq_len", "extrapolation", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
+                     "ff_multiple", "window", "ssm_state", "steps", "batch_size", "learning_rates",
+                     "grad_clip", "eval_windows", "eval_batch_size", "position_buckets", "prompt_len",
+                     "sample_len", "bpe_vocab", "bpe_train_bytes", "max_bytes", "log_every"),
+        nonnegative=("seeds", "memory_slots", "weight_decay", "samples", "temperature", "checkpoint_every"),
+        finite=("learning_rates", "grad_clip", "weight_decay", "temperature", "warmup"),
+        probability=("warmup",),
+        choices={"models": bmojo.PRESETS, "tokenizer": text.TOKENIZERS, "hybrid_ssm": SSM_KINDS,
+                 "dtype": DTYPES})
     for name in ("models", "extrapolation", "learning_rates", "seeds"):
         values = getattr(c, name)
-        if len(set(values)) != len(values):
-            _fail(name, values, "no repeated entries")
-    for name in c.models:
-        if name not in bmojo.PRESETS:
-            _fail("models", c.models, f"names from {bmojo.PRESETS}")
-    for m in c.extrapolation:
-        if not isinstance(m, int) or m < 1:
-            _fail("extrapolation", c.extrapolation, "positive integer multiples of seq_len")
-    for lr in c.learning_rates:
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            _fail("learning_rates", c.learning_rates, "finite positive numbers")
-    for name, low, high in (("warmup", 0.0, 1.0), ("weight_decay", 0.0, math.inf),
-                            ("grad_clip", 0.0, math.inf), ("temperature", 0.0, math.inf)):
-        value = getattr(c, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-            _fail(name, value, f"a finite number in [{low}, {high}]")
-    if c.grad_clip <= 0:
-        _fail("grad_clip", c.grad_clip, "a finite number > 0")
-    if c.warmup >= 1:
-        _fail("warmup", c.warmup, "a fraction in [0, 1)")
-    for name, value, allowed in (("tokenizer", c.tokenizer, text.TOKENIZERS),
-                                 ("hybrid_ssm", c.hybrid_ssm, SSM_KINDS), ("dtype", c.dtype, DTYPES)):
-        if value not in allowed:
-            _fail(name, value, f"one of {allowed}")
+        if not values or len(set(values)) != len(values):
+            _fail(name, values, "at least one entry, none repeated")
+    if c.warmup == 1:
+        _fail("warmup", c.warmup, "a fraction of the steps in [0, 1)")
     try:
         text.check_dataset(c.dataset)
     except ValueError as e:

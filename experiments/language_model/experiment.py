@@ -147,18 +147,18 @@ def evaluate_run(config: Config, run: Run, model_cfg, params, data: Data, result
     return bpb
 
 
-def check_resumable(config: Config, folder: pathlib.Path) -> None:
-    """ValueError if `folder` holds runs made with other settings than `config` (only the fields in
+def check_resumable(config: Config, results: harness.Results) -> None:
+    """ValueError if `results` holds runs made with other settings than `config` (only the fields in
     `RESUMABLE` may change between runs into the same folder)."""
-    path = folder / "config.json"
-    if not path.exists():
+    record = results.read_config()
+    if record is None:
         return
-    before = json.loads(path.read_text())["config"]
+    before = record["config"]
     now = json.loads(json.dumps(dataclasses.asdict(config)))
     changed = [k for k in now if k not in RESUMABLE and before.get(k) != now[k]]
     if changed:
         raise ValueError(
-            f"results_dir {str(folder)!r} holds runs with other settings ("
+            f"results_dir {str(results.path)!r} holds runs with other settings ("
             + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
             + "); choose another --results_dir or remove that folder")
 
@@ -193,12 +193,12 @@ def run(config: Config) -> pathlib.Path:
     folder = pathlib.Path(config.results_dir)
     for name in config.models:  # every model is valid and long enough before anything is written
         check_length(model_config(config, name, vocab_size(config)), config.max_len, name)
-    check_resumable(config, folder)
+    results = harness.Results(folder)  # (creates the folder only when it first writes)
+    check_resumable(config, results)
     data = load_data(config, folder)
-    results = harness.Results(folder)
     results.write_config(config)
     if isinstance(data.tokenizer, text.BpeTokenizer) and not (folder / TOKENIZER_FILE).exists():
-        data.tokenizer.save(folder / TOKENIZER_FILE)
+        data.tokenizer.save(folder / TOKENIZER_FILE)  # (the folder exists: config.json is in it)
     done = logged(results)
     single = len(config.learning_rates) == 1  # the learning rate is known before validation
     chosen = {}
