@@ -79,6 +79,18 @@ def test_bpe_is_lossless_and_counts_the_bytes_of_every_token(documents, tmp_path
         text.BpeTokenizer.train(["abc"], vocab_size=100)
 
 
+def test_streams_are_the_documents_joined_by_the_separator():
+    docs = {"train": ["To be, or not", "to be"], "valid": ["naïve café"], "test": ["a", "b", "c"]}
+    for tok in (text.ByteTokenizer(), text.BpeTokenizer.train(docs["train"], vocab_size=260)):
+        corpus = text.encode_documents(tok, docs, chunk=2)
+        for split in text.SPLITS:
+            joined = text.SEPARATOR.join(docs[split])
+            assert tok.decode(corpus.streams[split]) == joined
+            assert corpus.token_bytes[corpus.streams[split]].sum() == len(joined.encode("utf-8"))
+    with pytest.raises(ValueError, match="'valid' split has no text"):
+        text.encode_documents(text.ByteTokenizer(), {**docs, "valid": []})
+
+
 @pytest.mark.parametrize("ids, match", [
     (np.array([0, 5, 256]), r"\[0, 256\].*\[0, 256\)"),
     (np.array([-1, 3]), r"\[-1, 3\]"),

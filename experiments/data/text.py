@@ -13,7 +13,7 @@ Sources (nothing is downloaded at run time):
   the user's machine (``tfds build pg19``). lm1b has no validation split; its validation
   documents are the first 1% of its training split, which then trains on the rest.
 
-A split is one token stream: its documents, tokenized, joined by ``SEPARATOR``. Tokens are bytes
+A split is one token stream: its documents, each tokenized, joined by the tokens of ``SEPARATOR``. Tokens are bytes
 (vocabulary 256) or byte-level BPE trained on the training split with the ``tokenizers`` package.
 Every tokenizer knows how many bytes each token stands for (``token_bytes``), so losses convert to
 bits per byte, comparable across tokenizers.
@@ -150,6 +150,9 @@ class ByteTokenizer:
         """text -> (n,) uint8 token ids."""
         return np.frombuffer(text.encode("utf-8"), np.uint8).copy()
 
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text (invalid UTF-8, e.g. a cut character, shown as U+FFFD)."""
         return bytes(np.asarray(list(ids), np.uint8)).decode("utf-8", errors="replace")
@@ -194,10 +197,17 @@ class BpeTokenizer:
     def save(self, path: str | pathlib.Path) -> None:
         self._tokenizer.save(str(path))
 
+    @property
+    def _dtype(self):
+        return np.uint16 if self.vocab_size <= 2**16 else np.int32
+
     def encode(self, text: str) -> np.ndarray:
         """text -> (n,) token ids (uint16 when the vocabulary fits, else int32)."""
-        dtype = np.uint16 if self.vocab_size <= 2**16 else np.int32
-        return np.asarray(self._tokenizer.encode(text).ids, dtype)
+        return np.asarray(self._tokenizer.encode(text).ids, self._dtype)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Several texts at once (in parallel threads)."""
+        return [np.asarray(e.ids, self._dtype) for e in self._tokenizer.encode_batch(list(texts))]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tokenizer.decode([int(i) for i in ids])
@@ -241,15 +251,20 @@ class Corpus:
         return len(self.token_bytes)
 
 
-def encode_documents(tokenizer: Tokenizer, documents: dict[str, list[str]]) -> Corpus:
-    """Tokenize each split's documents joined by ``SEPARATOR`` into one stream; ValueError if a
-    split is empty."""
+def encode_documents(tokenizer: Tokenizer, documents: dict[str, list[str]], chunk: int = 256) -> Corpus:
+    """Each split's documents tokenized one by one (`chunk` at a time) and joined, with the tokens of
+    ``SEPARATOR`` between two documents, into one stream; ValueError if a split is empty."""
+    separator = tokenizer.encode(SEPARATOR)
     streams = {}
     for split in SPLITS:
         docs = documents[split]
         if not docs or not any(docs):
             raise ValueError(f"the {split!r} split has no text")
-        streams[split] = tokenizer.encode(SEPARATOR.join(docs))
+        parts = []
+        for i in range(0, len(docs), chunk):
+            for tokens in tokenizer.encode_batch(docs[i : i + chunk]):
+                parts += [separator, tokens] if parts else [tokens]
+        streams[split] = np.concatenate(parts)
         check_token_ids(streams[split], tokenizer.vocab_size, f"the {split!r} token stream")
     return Corpus(streams, tokenizer.token_bytes)
 

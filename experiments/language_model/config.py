@@ -46,8 +46,8 @@ class Config:
     """'byte' (vocabulary 256) or 'bpe' (byte-level BPE trained on the training split)."""
     bpe_vocab: int = 1024
     """Vocabulary of the BPE tokenizer (and of the models when tokenizer='bpe')."""
-    bpe_train_bytes: int = 100_000_000
-    """The BPE tokenizer learns its merges from the first this many bytes of the training split."""
+    bpe_train_chars: int = 100_000_000
+    """The BPE tokenizer learns its merges from the first this many characters of the training split."""
     seq_len: int = 128
     """Training length T (tokens per sequence)."""
     extrapolation: tuple[int, ...] = (1, 2, 4, 8)
@@ -157,7 +157,7 @@ def validate(config: Config) -> None:
         c, positive=("seq_len", "extrapolation", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
                      "ff_multiple", "window", "ssm_state", "steps", "batch_size", "learning_rates",
                      "grad_clip", "eval_windows", "eval_batch_size", "position_buckets", "prompt_len",
-                     "sample_len", "bpe_vocab", "bpe_train_bytes", "max_bytes", "log_every"),
+                     "sample_len", "bpe_vocab", "bpe_train_chars", "max_bytes", "log_every"),
         nonnegative=("seeds", "memory_slots", "weight_decay", "samples", "temperature", "checkpoint_every"),
         finite=("learning_rates", "grad_clip", "weight_decay", "temperature", "warmup"),
         probability=("warmup",),

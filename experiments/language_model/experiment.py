@@ -61,16 +61,16 @@ def plan(config: Config) -> list[Run]:
 
 def make_tokenizer(config: Config, documents: dict[str, list[str]], folder: pathlib.Path) -> text.Tokenizer:
     """Bytes, or BPE: read from the results folder if a previous run saved it, else trained on the
-    first `bpe_train_bytes` of the training split (saved later, with the results)."""
+    first `bpe_train_chars` characters of the training split (saved later, with the results)."""
     if config.tokenizer == "byte":
         return text.ByteTokenizer()
     if (folder / TOKENIZER_FILE).exists():
         return text.BpeTokenizer.load(folder / TOKENIZER_FILE)
     sample, total = [], 0
     for doc in documents["train"]:
-        sample.append(doc[: config.bpe_train_bytes - total])
+        sample.append(doc[: config.bpe_train_chars - total])
         total += len(sample[-1])
-        if total >= config.bpe_train_bytes:
+        if total >= config.bpe_train_chars:
             break
     return text.BpeTokenizer.train(sample, config.bpe_vocab)
 
