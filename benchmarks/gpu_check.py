@@ -156,89 +156,107 @@ def load_results(out: Path) -> dict:
     records = {}
     for path in sorted(out.glob("*.json")):
         if path.name != "gpu_check.json":
-            record = json.loads(path.read_text())
-            records[record.get("benchmark", path.stem)] = record
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError as err:  # a benchmark killed while writing
+                record = {"rows": [], "error": f"{path.name}: {err}"}
+            records[record.get("benchmark", path.stem.rsplit("-", 1)[-1])] = record
     return records
 
 
-def _ms(rows, **match):
-    """Time of the one row matching ``match`` (with a time), else None."""
-    for row in rows:
-        if "ms" in row and all(row.get(k) == v for k, v in match.items()):
-            return row["ms"]
-    return None
+def nvidia_smi() -> str:
+    """One CSV line per GPU: name, driver, memory, maximum SM and memory clocks."""
+    query = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem"
+    done = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                          capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() or done.stderr.strip()
 
 
-def _ratio(a, b):
-    return a / b if a is not None and b is not None else None
+def describe(versions: dict) -> str:
+    """One line: device and the versions that matter, from the versions step's summary."""
+    if not isinstance(versions, dict) or "device" not in versions:
+        return "versions unknown (see log.txt)"
+    device, packages = versions["device"], versions["versions"]
+    names = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "torch", "triton")
+    return (f"{device['device_kind']} x{device['device_count']}, python {device['python']}; "
+            + ", ".join(f"{n} {packages[n]}" for n in names if n in packages))
+
+
+def _row(rows, **match) -> dict:
+    """The first of ``rows`` whose items include ``match`` ({} if none)."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), {})
 
 
 def targets(results: dict) -> list[dict]:
     """Issue 12's targets against the figures in ``results`` (see ``load_results``).
 
-    Each row: ``target``, ``measured`` (a ratio or a rate; None if not measured) and ``goal``.
+    Each row: ``target``, ``measured`` (a rate, or a ratio of two rows' figures), ``goal``,
+    ``met`` ("yes", "NO" or "" without a goal or a figure) and ``note`` (why a figure is missing:
+    the row's error or skip, or "not run").
     """
-    rows = []
+    out = []
 
-    def add(target, measured, goal=None, at_least=None, at_most=None):
+    def add(target, num, den=None, goal="", at_least=None, at_most=None):
+        """``num``/``den``: (row, key); measured = num / den, or num alone."""
+        parts = [num] if den is None else [num, den]
+        values = [row.get(key) for row, key in parts]
+        missing = [row for (row, _), value in zip(parts, values) if value is None]
+        note = next((str(r.get("error") or r.get("skipped"))[:100] for r in missing
+                     if r.get("error") or r.get("skipped")), "not run" if missing else "")
+        measured = None if missing else values[0] / (values[1] if den else 1)
         met = None
         if measured is not None and (at_least is not None or at_most is not None):
             met = (at_least is None or measured >= at_least) and (at_most is None or measured <= at_most)
-        rows.append({"target": target, "measured": measured, "goal": goal,
-                     "met": {True: "yes", False: "NO", None: ""}[met]})
+        out.append({"target": target, "measured": measured, "goal": goal,
+                    "met": {True: "yes", False: "NO", None: ""}[met], "note": note})
 
     ceil = results.get("ceilings", {}).get("rows", [])
-    copy = next((r.get("GB/s") for r in ceil if r.get("impl") == "torch copy_"), None) or \
-        next((r.get("GB/s") for r in ceil if r.get("ceiling") == "copy"), None)
-    add("copy bandwidth GB/s (ceiling)", copy)
+    copy = _row(ceil, impl="torch copy_")
+    copy = copy if "GB/s" in copy else _row(ceil, impl="jax 2*x")
+    add(f"copy bandwidth GB/s ({copy.get('impl', 'ceiling')})", (copy, "GB/s"))
     for impl in ("jax", "torch"):
-        add(f"bf16 matmul TFLOP/s, {impl} (ceiling)",
-            next((r.get("TFLOP/s") for r in ceil if r.get("impl") == impl), None))
+        add(f"bf16 matmul TFLOP/s ({impl})", (_row(ceil, ceiling="matmul bf16", impl=impl), "TFLOP/s"))
 
     kern = results.get("kernels", {}).get("rows", [])
-    scan = [r for r in kern if r.get("op") == "selective_scan" and r.get("dtype") == "bfloat16"]
-    pallas = next((r for r in scan if r.get("form") == "pallas" and r.get("mode") == "fwd"), {})
-    add("selective scan fwd GB/s / copy GB/s (L 2048)", _ratio(pallas.get("GB/s"), copy),
-        ">= 0.5", at_least=0.5)
+    scan = dict(op="selective_scan", dtype="bfloat16", mode="fwd")
+    pallas = _row(kern, form="pallas", **scan)
+    add("selective scan fwd GB/s / copy GB/s", (pallas, "GB/s"), (copy, "GB/s"), ">= 0.5",
+        at_least=0.5)
     add("selective scan fwd: associative time / pallas time",
-        _ratio(_ms(scan, form="associative", mode="fwd"), _ms(scan, form="pallas", mode="fwd")),
-        ">= 3", at_least=3)
+        (_row(kern, form="associative", **scan), "ms"), (pallas, "ms"), ">= 3", at_least=3)
     ssd = [r for r in kern if r.get("op") == "ssd" and r.get("dtype") == "bfloat16"]
     for shape in dict.fromkeys(r["shape"] for r in ssd):
         length = shape.strip("()").split(",")[1].strip()
         at = dict(shape=shape, mode="fwd+bwd")
-        add(f"ssd fwd+bwd L {length}: xla time / pallas time",
-            _ratio(_ms(ssd, form="xla", **at), _ms(ssd, form="pallas", **at)), ">= 2", at_least=2)
-        add(f"ssd fwd+bwd L {length}: pallas time / Mamba-2 Triton time",
-            _ratio(_ms(ssd, form="pallas", **at), _ms(ssd, form="mamba2-triton", **at)),
-            "<= 1.5", at_most=1.5)
+        pallas = _row(ssd, form="pallas", **at)
+        add(f"ssd fwd+bwd L {length}: xla time / pallas time", (_row(ssd, form="xla", **at), "ms"),
+            (pallas, "ms"), ">= 2", at_least=2)
+        add(f"ssd fwd+bwd L {length}: pallas time / Mamba-2 Triton time", (pallas, "ms"),
+            (_row(ssd, form="mamba2-triton", **at), "ms"), "<= 1.5", at_most=1.5)
 
-    attn = results.get("attention", {}).get("rows", [])
+    attn = [r for r in results.get("attention", {}).get("rows", []) if r.get("mode") == "fwd+bwd"]
     kernel = next((r["impl"] for r in attn if r.get("impl", "").startswith("kernel")), None)
-    swa = [r for r in attn if r.get("case") == "swa" and r.get("mode") == "fwd+bwd"]
-    for window in sorted({r["window"] for r in swa}):
-        for length in sorted({r["length"] for r in swa}):
-            at = dict(window=window, length=length)
+    windows = sorted({r["window"] for r in attn})
+    lengths = sorted({r["length"] for r in attn})
+    for window in windows:
+        for length in lengths:
+            at = dict(case="swa", window=window, length=length)
             add(f"attention fwd+bwd W {window} L {length}: cuDNN time / kernel time",
-                _ratio(_ms(swa, impl="dot_product_attention (cudnn)", **at), _ms(swa, impl=kernel, **at)),
-                ">= 0.9", at_least=0.9)
-    for case in ("swa", "bmojo"):
-        rows_case = [r for r in attn if r.get("case") == case and r.get("mode") == "fwd+bwd"
-                     and r.get("impl") == kernel]
-        lengths = sorted({r["length"] for r in rows_case})
-        for window in sorted({r["window"] for r in rows_case}):
-            if len(lengths) > 1:
-                add(f"attention ({case}) fwd+bwd W {window}: time(L {lengths[-1]}) / time(L {lengths[0]})",
-                    _ratio(_ms(rows_case, window=window, length=lengths[-1]),
-                           _ms(rows_case, window=window, length=lengths[0])),
-                    f"<= {9 * lengths[-1] // lengths[0] // 8}",
-                    at_most=9 * lengths[-1] / lengths[0] / 8)
+                (_row(attn, impl="dot_product_attention (cudnn)", **at), "ms"),
+                (_row(attn, impl=kernel, **at), "ms"), ">= 0.9", at_least=0.9)
+    if len(lengths) > 1:
+        growth = 9 * lengths[-1] / lengths[0] / 8  # 9 for 32K over 4K
+        for case in ("swa", "bmojo"):
+            for window in windows:
+                at = dict(case=case, window=window, impl=kernel)
+                add(f"attention ({case}) fwd+bwd W {window}: time(L {lengths[-1]}) / "
+                    f"time(L {lengths[0]})", (_row(attn, length=lengths[-1], **at), "ms"),
+                    (_row(attn, length=lengths[0], **at), "ms"), f"<= {growth:g}", at_most=growth)
 
-    tang = results.get("tangent", {}).get("rows", [])
-    for row in tang:
+    for row in results.get("tangent", {}).get("rows", []):
         if row.get("model") != "plain":
-            add(f"tangent {row['model']}: train step time / plain", row.get("step_x"))
-    return rows
+            add(f"tangent {row['model']}: train step time / plain", (row, "step_x"))
+    return out
 
 
 def main(argv=None) -> int:
@@ -265,6 +283,7 @@ def main(argv=None) -> int:
     log = out / "log.txt"
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONUNBUFFERED="1")
     plan = tuple(s for s in steps(out) if not (args.skip_install and s.name == "install"))
+    smi = nvidia_smi()
     records = []
     for i, step in enumerate(plan):
         later = sum(s.share for s in plan[i + 1:])
@@ -272,24 +291,29 @@ def main(argv=None) -> int:
         record = run_step(step, cap, log, env)
         records.append(record)
         print(f"gpu_check: {step.name}: {record['status']} in {record['wall_s']} s", flush=True)
+        if step.name == "versions":
+            print(f"gpu_check: {smi}; {describe(record['summary'])}", flush=True)
         if step.name == "versions" and record["returncode"] == NO_GPU_EXIT:
             print("gpu_check: jax sees no GPU (see log.txt); stopping", flush=True)
-            return NO_GPU_EXIT
+            break
 
     from benchmarks import common  # imports jax: only now, never before the GPU check
 
     results = load_results(out)
     target_rows = targets(results)
     step_table = common.format_table(records, ["name", "status", "wall_s", "cap_s"])
-    target_table = common.format_table(target_rows, ["target", "measured", "goal", "met"])
+    target_table = common.format_table(target_rows, ["target", "measured", "goal", "met", "note"])
     summary = {"command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:]),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "budget_s": args.budget, "wall_s": round(time.monotonic() - start, 1),
+               "nvidia_smi": smi, "budget_s": args.budget,
+               "wall_s": round(time.monotonic() - start, 1),
                "steps": records, "targets": target_rows,
                "results_files": sorted(p.name for p in out.glob("*.json"))}
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "table.md").write_text(step_table + "\n\n" + target_table + "\n")
     print("\n" + step_table + "\n\n" + target_table, flush=True)
+    if records[-1]["name"] == "versions" and records[-1]["returncode"] == NO_GPU_EXIT:
+        return NO_GPU_EXIT
     return 0 if all(r["status"] == "ok" for r in records) else 1
 
 
