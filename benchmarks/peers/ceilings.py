@@ -98,7 +98,9 @@ def main(argv=None) -> None:
     print(common.format_table(rows, ["ceiling", "impl", "ms", "GB/s", "TFLOP/s", "error",
                                      "skipped"]))
     path = common.write_results("ceilings", rows, out_dir=args.out, module="benchmarks.peers.ceilings",
-                                copy_bytes=copy_mib * 2 ** 20, matmul_n=n, time_cap_s=args.time_cap)
+                                shapes={"copy": [copy_mib * 2 ** 18], "matmul": [n, n, n]},
+                                dtypes={"copy": "float32", "matmul": "bfloat16"},
+                                time_cap_s=args.time_cap)
     print(f"wrote {path}")
 
 
