@@ -5,7 +5,8 @@ and of its tangent model ``f(x; w0) + J(x) d`` with the last k blocks and the he
 linearized (TAFT-k, k = 1, 4, 12), and with every parameter linearized (the generic JVP
 approach). TAFT-k training is also timed with the frozen features before block 12 - k
 cached (``model.apply_features``). ``*_x`` columns are ratios to the plain network (time,
-or FLOPs of the lowered HLO for ``*_flops_x``: the figures to trust on a busy CPU). Prints a table and writes ``benchmarks/results/<device>-tangent.json`` (or into ``--out``); with
+or FLOPs of the lowered HLO for ``*_flops_x``: the figures to trust on a busy CPU). Prints a
+table and writes ``benchmarks/results/<device>-tangent.json`` (or into ``--out``); with
 ``--time-cap``, models not started in time are listed as skipped.
 
     python -m benchmarks.tangent                       # tiny ViT, CPU-sized (default)
