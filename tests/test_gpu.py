@@ -161,7 +161,9 @@ def reference(op: str, shape: str, dtype: str):
 
 
 def assert_close(got, want, tol, label):
-    for i, (g, w) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want))):
+    got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+    assert len(got) == len(want), f"{label}: {len(got)} outputs, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
         g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
         assert g.shape == w.shape, f"{label} output {i}: shape {g.shape} != {w.shape}"
         assert np.all(np.isfinite(g)), f"{label} output {i}: non-finite values"
