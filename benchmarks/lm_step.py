@@ -14,6 +14,7 @@ donated and fed back, as in training).
 
     python -m benchmarks.lm_step                 # CPU-sized: the experiment's default models at 256/1024
     python -m benchmarks.lm_step --sizes paper   # the 130M models at 2K and 8K context, bf16 (GPU/TPU)
+    (--models=a,b to choose presets, --out DIR for the JSON, --time-cap SECONDS)
 
 Goal on an H100/H200: B'MOJO's step at least as fast as the Transformer's at 2K and faster at 8K.
 """
@@ -114,7 +115,7 @@ def measure(step, state, data, repeats: int) -> dict:
     return {"seconds": statistics.median(times), "peak_bytes": peak}
 
 
-def run(sizes: str, repeats: int, models: tuple[str, ...] | None = None) -> list[dict]:
+def run(sizes: str, repeats: int, cap: common.TimeCap, models: tuple[str, ...] | None = None) -> list[dict]:
     spec = SIZES[sizes]
     on_gpu = jax.default_backend() == "gpu"
     reference_impl = "cudnn" if on_gpu else "xla"
@@ -129,6 +130,9 @@ def run(sizes: str, repeats: int, models: tuple[str, ...] | None = None) -> list
         for label, name, reference in cases:
             cfg = model_config(config, name, vocab)
             row = {"model": label, "length": length, "batch": batch, "params": cfg.num_params()}
+            if cap.expired():
+                rows.append({**row, "skipped": "time cap"})
+                continue
             try:
                 out = measure(*step_and_state(cfg, config, batch, length, reference), repeats)
             except Exception as err:  # e.g. cuDNN rejects a shape, or memory runs out: keep going
@@ -157,6 +161,7 @@ def main(argv=None):
                         help="timed steps per entry (default: 3 quick, 10 paper)")
     parser.add_argument("--models", default=None,
                         help="comma-separated presets (default: the experiment's models)")
+    common.add_output_args(parser)
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.sizes == "quick" else 10)
     if repeats < 1:
@@ -165,11 +170,12 @@ def main(argv=None):
     unknown = [m for m in models or () if m not in bmojo.PRESETS]
     if unknown:
         parser.error(f"--models has {unknown}; expected names from {bmojo.PRESETS}")
-    rows = run(args.sizes, repeats, models)
+    rows = run(args.sizes, repeats, common.TimeCap(args.time_cap), models)
     columns = ["model", "length", "batch", "params", "step_ms", "tokens_per_s", "peak_gib",
-               "speed_vs_reference", "memory_vs_reference", "error"]
+               "speed_vs_reference", "memory_vs_reference", "error", "skipped"]
     print(common.format_table(rows, columns))
-    path = common.write_results("lm_step", rows, sizes=args.sizes, spec=SIZES[args.sizes],
+    path = common.write_results("lm_step", rows, out_dir=args.out, sizes=args.sizes,
+                                spec=SIZES[args.sizes], time_cap_s=args.time_cap,
                                 reference=f"{REFERENCE} with jax.nn.dot_product_attention")
     print(f"\nwrote {path}")
     print("speed_vs_reference = tokens/s of the row / tokens/s of the reference Transformer (> 1: faster)")

@@ -173,7 +173,7 @@ def _plots(config: Config, stats: dict, lengths: list[int], results: harness.Res
         if per_seed[0]["curve"]:
             training[m] = tuple(map(list, zip(*per_seed[0]["curve"])))
     results.plot("loss_vs_position", [{
-        "series": by_position, "title": f"test windows of {longest} tokens (trained at T = {T})",
+        "series": by_position, "title": f"test windows of {longest} (T = {T})",
         "xlabel": "token position (bucket centre)", "ylabel": "bits per byte"}])
     results.plot("bpb_vs_length", [{
         "series": by_length, "title": f"test (trained at T = {T})", "xlabel": "evaluation length",
