@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+
 import bmojo
 from bmojo.config import ATTENTION_TYPES, SSM_TYPES
-from experiments.associative_recall import state_size
 from experiments.language_model.config import Config
 
 
@@ -66,9 +68,10 @@ def check_length(model: bmojo.ModelConfig, length: int, name: str = "model") -> 
 
 
 def decoding_floats(model: bmojo.ModelConfig, context: int) -> int:
-    """Floats in the decoding state (`bmojo.init_cache`) of one sequence after `context` tokens:
-    constant for recurrent models; full attention keeps every token, so its cache is built for
-    max_len = `context`."""
+    """Floats in the decoding state (`bmojo.init_cache`, everything the decoder keeps, bookkeeping
+    included) of one sequence after `context` tokens: constant for recurrent models; full attention
+    keeps every token, so its cache is built for max_len = `context`."""
     if max_length(model) is not None:
         model = dataclasses.replace(model, max_len=context)
-    return state_size(model)
+    cache = jax.eval_shape(lambda: bmojo.init_cache(model, 1))
+    return sum(x.size for x in jax.tree.leaves(cache) if jnp.issubdtype(x.dtype, jnp.floating))
