@@ -5,7 +5,8 @@ Every preset gets the experiment's width, heads, window and SSM state. The Trans
 (`transformer` at `n_layers` x `d_ff`) sets the parameter target; every other preset with an MLP keeps
 `n_layers` and gets the MLP width d_ff (a multiple of `ff_multiple`) whose parameter count is closest
 to the target; the MLP-free presets (mamba, mamba2: a Mamba block has no MLP) get the closest depth
-instead, about twice the Transformer's, as in the Mamba paper. (Ours: the paper matches by hand.)
+instead (the Mamba paper's models are about twice as deep as the Transformers they match). This
+matching rule is ours; the count of every model is stated in the results table.
 """
 
 from __future__ import annotations
