@@ -40,7 +40,8 @@ def scan_chunked(u, dt, A, B, C, h0, chunk_size: int | None = None):
     ``lax.scan`` over chunks carrying the state, then the correction
     ``y_t += sum_n C_t[n] exp(sum_{s<=t in chunk} dt_s A[n]) h_start[n]``.
 
-    The length is padded to a multiple of ``chunk_size`` with dt = 0 (decay 1, no input), so the
+    The length is padded to a multiple of ``chunk_size`` with dt = 0 (no input) and decay 1 at
+    the padded steps (selected: ``exp(0 * A)`` is NaN for ``A = -inf``, a full reset), so the
     padding leaves the state unchanged.
     """
     T = DEFAULT_CHUNK if chunk_size is None else chunk_size
@@ -60,12 +61,15 @@ def scan_chunked(u, dt, A, B, C, h0, chunk_size: int | None = None):
         return M.reshape(batch, dim, nc, state)
 
     uc, dtc, Bc, Cc = chunks(u), chunks(dt), chunks(B), chunks(C)
+    real = chunks(jnp.arange(nc * T) < length)[..., None]  # (T, nc, 1)
 
     def intra(carry, inputs):
         h, logdecay = carry  # (batch, dim, nc, state) each
-        u_t, dt_t, B_t, C_t = inputs
+        u_t, dt_t, B_t, C_t, real_t = inputs
         B_t, C_t = per_channel(B_t), per_channel(C_t)
         step = dt_t[..., None] * A[None, :, None, :]
+        if pad:
+            step = jnp.where(real_t, step, 0.0)
         h = jnp.exp(step) * h + (dt_t * u_t)[..., None] * B_t
         logdecay = logdecay + step
         y_t = jnp.sum(C_t * h, axis=-1)
@@ -73,7 +77,8 @@ def scan_chunked(u, dt, A, B, C, h0, chunk_size: int | None = None):
         return (h, logdecay), (y_t, corr_t)
 
     zeros = jnp.zeros((batch, dim, nc, A.shape[-1]), u.dtype)
-    (h_end, logdecay_end), (y_local, corr) = jax.lax.scan(intra, (zeros, zeros), (uc, dtc, Bc, Cc))
+    (h_end, logdecay_end), (y_local, corr) = jax.lax.scan(intra, (zeros, zeros),
+                                                          (uc, dtc, Bc, Cc, real))
 
     def inter(h, inputs):
         h_local_end, total = inputs
