@@ -8,7 +8,8 @@ query, the non-finite value entries of the keys it sees:
 
     out_i[d] += sum of the non-finite v_j[d] over the keys j visible to query i
 
-(NaN where one is NaN or +inf meets -inf, else +inf or -inf). That is the masked sum
+(NaN where one is NaN or +inf meets -inf, else +inf or -inf), a pass that runs only when a
+value holds a NaN or inf (``_nonfinite.if_any_nonfinite``). That is the masked sum
 ``sum_j p_ij v_j[d]`` over the visible keys, except that a visible non-finite entry counts even
 where its probability underflows to 0 (ours: the plain product would give ``0 * inf = NaN``).
 Queries and keys need no such care: masked scores are selected away (``masks.masked``) before
@@ -20,6 +21,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from ssm_kernels._nonfinite import if_any_nonfinite
 from ssm_kernels.attention import masks
 
 
@@ -59,22 +61,26 @@ def restore(out, v, *, window: int, fading_v=None, memory_v=None, memory_pos=Non
             memory_chunk=None):
     """Add to ``out`` (batch, length, heads, head_dim), computed from the finite part of the
     values, the non-finite value entries each query sees (module docstring). Layouts as in
-    ``bmojo_attention``; a no-op (same bits) where every visible value is finite."""
+    ``bmojo_attention``; ``out`` itself (same bits) where every value is finite."""
     batch, length, heads, head_dim = out.shape
     kv_heads = v.shape[2]
-    i = np.arange(length)
-    clip = lambda x: np.clip(x, 0, length)  # noqa: E731
-    counts = _band_counts(_kinds(v), clip(i - window + 1), clip(i + 1))
-    if fading_v is not None:
-        counts = counts + _band_counts(_kinds(fading_v), clip(i - 2 * window + 1),
-                                       clip(i - window + 1))
-    if memory_v is not None:
-        horizon = masks.memory_horizon(window, fading_v is not None)
-        counts = counts + _memory_counts(_kinds(memory_v), memory_pos, memory_chunk, horizon,
-                                         length)
-    nan, pos, neg = (c[:, :, :, None, :] for c in counts)  # broadcast over each head group
-    extra = jnp.where((nan > 0) | ((pos > 0) & (neg > 0)), jnp.nan,
-                      jnp.where(pos > 0, jnp.inf, -jnp.inf)).astype(out.dtype)
-    grouped = out.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    grouped = jnp.where(nan + pos + neg > 0, grouped + extra, grouped)
-    return grouped.reshape(out.shape)
+
+    def add_seen(out):
+        i = np.arange(length)
+        clip = lambda x: np.clip(x, 0, length)  # noqa: E731
+        counts = _band_counts(_kinds(v), clip(i - window + 1), clip(i + 1))
+        if fading_v is not None:
+            counts = counts + _band_counts(_kinds(fading_v), clip(i - 2 * window + 1),
+                                           clip(i - window + 1))
+        if memory_v is not None:
+            horizon = masks.memory_horizon(window, fading_v is not None)
+            counts = counts + _memory_counts(_kinds(memory_v), memory_pos, memory_chunk,
+                                             horizon, length)
+        nan, pos, neg = (c[:, :, :, None, :] for c in counts)  # broadcast over each head group
+        extra = jnp.where((nan > 0) | ((pos > 0) & (neg > 0)), jnp.nan,
+                          jnp.where(pos > 0, jnp.inf, -jnp.inf)).astype(out.dtype)
+        grouped = out.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+        grouped = jnp.where(nan + pos + neg > 0, grouped + extra, grouped)
+        return grouped.reshape(out.shape)
+
+    return if_any_nonfinite(add_seen, out, v, fading_v, memory_v)

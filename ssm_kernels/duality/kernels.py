@@ -51,7 +51,7 @@ def _last(v):
 
 
 def _decay(a, seg):
-    """(L, e, w, a_last, exp(a_last), mask) of a chunk's cumulative log decay ``a`` (q,) and
+    """(L, e, w, a_last, chunk decay, mask) of a chunk's cumulative log decay ``a`` (q,) and
     reset count ``seg`` (q,); masked before exp, factors that span a reset are 0."""
     q = a.shape[0]
     row = jax.lax.broadcasted_iota(jnp.int32, (q, q), 0)

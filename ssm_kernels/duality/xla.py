@@ -32,8 +32,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ssm_kernels._nonfinite import finite_part, poison
-from ssm_kernels.duality.reference import compute_dtype, expand_groups
+from ssm_kernels._nonfinite import finite_part, if_any_nonfinite, poison
+from ssm_kernels.duality.reference import compute_dtype
 
 
 def segsum_decay(a_cum, seg):
@@ -127,17 +127,24 @@ def nonfinite_seen(Y, final, X, A, B, C):
     non-finite input: ``X[t, h, p]`` reaches ``Y[s >= t, h, p]`` and ``final[h, p, :]``;
     ``A[t, h]`` (NaN or +inf) reaches ``Y[s >= t, h, :]`` and ``final[h]``; ``B[t, g, n]``
     reaches ``Y[s >= t, heads of g, :]`` and ``final[heads of g, :, n]``; ``C[t, g, n]`` reaches
-    ``Y[t, heads of g, :]``."""
-    heads = X.shape[2]
-    bad_x = ~jnp.isfinite(X)                                            # (b, L, h, p)
-    bad_a = jnp.isnan(A) | (A == jnp.inf)                               # (b, L, h)
-    bad_b = ~jnp.isfinite(expand_groups(B, heads))                      # (b, L, h, n)
-    bad_c = jnp.any(~jnp.isfinite(expand_groups(C, heads)), axis=-1)    # (b, L, h)
-    carried = bad_x | (bad_a | jnp.any(bad_b, axis=-1))[..., None]
-    rows = (jnp.cumsum(carried.astype(jnp.int32), axis=1) > 0) | bad_c[..., None]
-    seen = ((jnp.any(bad_x, axis=1) | jnp.any(bad_a, axis=1)[..., None])[..., :, None]
-            | jnp.any(bad_b, axis=1)[..., None, :])
-    return poison(Y, rows), poison(final, seen)
+    ``Y[t, heads of g, :]``. Runs only when an input holds a NaN or inf."""
+
+    def mark(outputs):
+        Y, final = outputs
+        heads = X.shape[2]
+        to_heads = lambda m, axis: jnp.repeat(m, heads // m.shape[axis], axis)  # noqa: E731
+        bad_x = ~jnp.isfinite(X)                                      # (b, L, h, p)
+        bad_a = jnp.isnan(A) | (A == jnp.inf)                         # (b, L, h)
+        bad_b = ~jnp.isfinite(B)                                      # (b, L, g, n)
+        step_b = to_heads(jnp.any(bad_b, axis=-1), 2)                 # (b, L, h)
+        step_c = to_heads(jnp.any(~jnp.isfinite(C), axis=-1), 2)      # (b, L, h)
+        carried = bad_x | (bad_a | step_b)[..., None]
+        rows = (jnp.cumsum(carried.astype(jnp.int32), axis=1) > 0) | step_c[..., None]
+        seen = ((jnp.any(bad_x, axis=1) | jnp.any(bad_a, axis=1)[..., None])[..., :, None]
+                | to_heads(jnp.any(bad_b, axis=1), 1)[..., None, :])
+        return poison(Y, rows), poison(final, seen)
+
+    return if_any_nonfinite(mark, (Y, final), X, A, B, C)
 
 
 def ssd_chunked(X, A, B, C, block_len, initial_states):

@@ -73,9 +73,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Pallas forms. ``implementation``: ``None`` (auto), ``"xla"`` (chunked), ``"associative"``,
     ``"sequential"`` (the ``lax.scan`` reference), and ``"pallas"``/``"interpret"`` where available.
 
-    Length 0 gives an empty ``y`` and ``initial_state`` (zeros if None) as ``last_state``. A
-    decay ``dt A = -inf`` (``A = -inf``) zeroes the state, and a NaN or inf input at step t
-    changes no output before t, in every implementation, as in the sequential recurrence.
+    Length 0 gives an empty ``y`` and ``initial_state`` (zeros if None) as ``last_state``. In
+    every implementation, as in the sequential recurrence: an entry ``A[d, n] = -inf`` zeroes
+    that state at every step with ``dt > 0`` (``exp(dt A) = 0``, a full reset), and a NaN or
+    inf input at step t changes no output before t.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size)
     core = _dispatch.resolve("selective_scan", implementation, IMPLEMENTATIONS)
