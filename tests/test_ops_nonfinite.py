@@ -106,6 +106,19 @@ def test_attention_nonfinite_reaches_only_the_queries_that_see_it(implementation
     out, _ = f(**plant(args, "v", (0, T, 0, 1), np.inf))
     assert np.isposinf(out[0, T:T + WINDOW, :, 1]).all()
     assert np.isfinite(np.delete(np.asarray(out[0]), np.s_[T:T + WINDOW], axis=0)).all()
+    # shared slots (one snapshot for all queries), without fading: slot 1 holds token T
+    shared = attention_inputs(4, batch=1, length=11, heads=2, kv_heads=1, head_dim=4,
+                              fading=False, memory="shared", slots=3)
+    shared["memory_pos"] = jnp.asarray([[1, T, -1]], jnp.int32)
+    g = jax.jit(_attention(implementation))
+    for name in ("memory_k", "memory_v"):
+        for value in VALUES:
+            planted = plant(shared, name, (0, 1, 0, 2), value)
+            out, lse = g(**planted)
+            want_out, want_lse = oracle_quietly(attention_oracle, window=WINDOW, **planted)
+            assert_like_oracle(out, want_out)
+            assert_like_oracle(lse, want_lse)
+            assert np.isfinite(out[:, :T + WINDOW]).all()
 
 
 def test_attention_kernel_gradients_of_earlier_outputs_stay_finite():

@@ -18,6 +18,9 @@ the softmax. Visibility follows ``masks``; slot positions outside ``[0, length)`
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,7 +64,14 @@ def restore(out, v, *, window: int, fading_v=None, memory_v=None, memory_pos=Non
             memory_chunk=None):
     """Add to ``out`` (batch, length, heads, head_dim), computed from the finite part of the
     values, the non-finite value entries each query sees (module docstring). Layouts as in
-    ``bmojo_attention``; ``out`` itself (same bits) where every value is finite."""
+    ``bmojo_attention``; ``out`` itself (same bits) where every value is finite. Its derivative
+    is the identity in ``out`` (what is added does not depend on any differentiable input), so
+    the derivative passes carry no test and no residual."""
+    return _restore(window, memory_chunk, out, v, fading_v, memory_v, memory_pos)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _restore(window, memory_chunk, out, v, fading_v, memory_v, memory_pos):
     batch, length, heads, head_dim = out.shape
     kv_heads = v.shape[2]
 
@@ -84,3 +94,8 @@ def restore(out, v, *, window: int, fading_v=None, memory_v=None, memory_pos=Non
         return grouped.reshape(out.shape)
 
     return if_any_nonfinite(add_seen, out, v, fading_v, memory_v)
+
+
+@_restore.defjvp
+def _restore_jvp(window, memory_chunk, primals, tangents):
+    return _restore(window, memory_chunk, *primals), tangents[0]
