@@ -170,15 +170,17 @@ def store_snapshots(k, v, score, *, slots: int, chunk: int, horizon: int, rule: 
     """
     batch, length, kv_heads, head_dim = k.shape
     chunks = -(-length // chunk)
+    store = empty_store(batch, slots, kv_heads, head_dim, k.dtype)
+    if length == 0:  # no chunk, no snapshot
+        return jax.tree.map(lambda a: jnp.zeros((batch, 0, *a.shape[1:]), a.dtype), store), store
 
     def body(store, c):
         pos = chunk_candidates(c, chunk, horizon)
         valid = (pos >= 0) & (pos < length)
-        safe = jnp.clip(pos, 0, max(length - 1, 0))
+        safe = jnp.clip(pos, 0, length - 1)
         new = update_store(store, k[:, safe], v[:, safe], jnp.broadcast_to(pos, (batch, chunk)),
                            score[:, safe], jnp.broadcast_to(valid, (batch, chunk)), rule)
         return new, store
 
-    final, snaps = jax.lax.scan(body, empty_store(batch, slots, kv_heads, head_dim, k.dtype),
-                                jnp.arange(chunks))
+    final, snaps = jax.lax.scan(body, store, jnp.arange(chunks))
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), snaps), final
