@@ -120,6 +120,13 @@ def test_bits_per_byte_matches_a_float64_oracle():
     np.testing.assert_allclose(out["bucket_bpb"], expected, rtol=1e-5)
 
 
+def test_token_ids_outside_the_models_vocabulary_are_refused_where_the_data_enters(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "vocab_size", lambda config: 100)  # bytes go up to 255
+    with pytest.raises(ValueError, match=r"'train' token stream holds ids from \d+ to \d+; expected ids "
+                                         r"in \[0, 100\)"):
+        experiment.load_data(lm.PRESETS["tiny"], tmp_path)
+
+
 def test_decoding_state_grows_per_token_only_with_full_attention():
     config = lm.PRESETS["tiny"]
     for name in config.models:

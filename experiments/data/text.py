@@ -226,17 +226,6 @@ Tokenizer = ByteTokenizer | BpeTokenizer
 # Token streams and windows --------------------------------------------------------------------
 
 
-def check_token_ids(tokens: np.ndarray, vocab_size: int, name: str = "tokens") -> None:
-    """ValueError naming `name` if an id lies outside [0, vocab_size) (an id >= vocab_size would give
-    NaN logits and a negative one would wrap around)."""
-    tokens = np.asarray(tokens)
-    if not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"{name} has dtype {tokens.dtype}; expected integer token ids")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        raise ValueError(f"{name} holds ids in [{tokens.min()}, {tokens.max()}]; expected ids in "
-                         f"[0, {vocab_size}) (the model's vocab_size)")
-
-
 @dataclasses.dataclass(frozen=True)
 class Corpus:
     """Token streams of the three splits and the bytes each token stands for.
@@ -265,7 +254,6 @@ def encode_documents(tokenizer: Tokenizer, documents: dict[str, list[str]], chun
             for tokens in tokenizer.encode_batch(docs[i : i + chunk]):
                 parts += [separator, tokens] if parts else [tokens]
         streams[split] = np.concatenate(parts)
-        check_token_ids(streams[split], tokenizer.vocab_size, f"the {split!r} token stream")
     return Corpus(streams, tokenizer.token_bytes)
 
 

@@ -77,21 +77,23 @@ def make_tokenizer(config: Config, documents: dict[str, list[str]], folder: path
 
 def load_data(config: Config, folder: pathlib.Path) -> Data:
     """Documents, tokenizer, token streams and evaluation windows; `text.MissingDataError` if the
-    corpus is not installed or prepared, ValueError if a split is too short for the windows."""
+    corpus is not installed or prepared, ValueError if a split holds token ids outside the models'
+    vocabulary or is too short for the windows."""
     documents = text.load_documents(config.dataset, valid_plays=config.valid_plays,
                                     test_plays=config.test_plays, data_dir=config.data_dir,
                                     max_bytes=config.max_bytes)
     tokenizer = make_tokenizer(config, documents, folder)
     corpus = text.encode_documents(tokenizer, documents)
-    token_bytes = np.zeros(vocab_size(config), np.int32)  # a BPE trained on little text may have fewer
-    token_bytes[: corpus.vocab_size] = corpus.token_bytes
-    corpus = text.Corpus(corpus.streams, token_bytes)
+    vocab = vocab_size(config)
     for split, stream in corpus.streams.items():
-        text.check_token_ids(stream, vocab_size(config), f"the {split!r} token stream")
+        bmojo.check_tokens(stream, vocab, name=f"the {split!r} token stream", layout="(length,)")
         need = config.max_len + 1 if split != "train" else config.seq_len + 1
         if len(stream) < need:
             raise ValueError(f"the {split!r} split has {len(stream)} tokens; the windows need {need} "
                              "(seq_len * max(extrapolation) + 1 for evaluation)")
+    token_bytes = np.zeros(vocab, np.int32)  # a BPE trained on little text may have fewer tokens
+    token_bytes[: min(vocab, corpus.vocab_size)] = corpus.token_bytes[:vocab]
+    corpus = text.Corpus(corpus.streams, token_bytes)
     windows = {s: text.spaced_windows(corpus.streams[s], config.eval_windows, config.max_len)
                for s in ("valid", "test")}
     return Data(corpus, tokenizer, windows)

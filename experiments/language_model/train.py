@@ -114,7 +114,6 @@ def samples(model_config: bmojo.ModelConfig, params, prompts: np.ndarray, steps:
     """Extend prompts (n, P) by `steps` tokens with recurrent decoding (`bmojo.generate`); returns the
     generated tokens (n, steps). ValueError (naming max_len) if P + steps is too long for the model."""
     check_length(model_config, prompts.shape[1] + steps, name)
-    text.check_token_ids(prompts, model_config.vocab_size, "prompts")
     out = bmojo.generate(model_config, params, prompts, steps, temperature=temperature,
                          rng=jax.random.key(seed))
     return np.asarray(out[:, prompts.shape[1]:])
