@@ -49,7 +49,7 @@ def model_config(config: Config, arm: Arm) -> bmojo.ModelConfig:
                   n_heads=config.n_heads, n_kv_heads=1, d_ff=d_ff, window=config.window,
                   ssm_state=config.ssm_state, memory_slots=config.memory_slots,
                   memory_topk=config.memory_topk, memory_threshold=config.memory_threshold,
-                  max_len=config.seq_len, ssm_head_dim=min(16, 2 * config.d_model))
+                  max_len=max(config.seq_len, config.eval_length), ssm_head_dim=min(16, 2 * config.d_model))
     if arm.preset in HYBRIDS:
         fields["ssm_kind"] = config.hybrid_ssm
     if arm.preset in BMOJO and config.ssm_residual:
@@ -95,6 +95,9 @@ def ablation_arms(config: Config) -> dict[str, list[Arm]]:
         "positions": [("bmojo positions=rope", "bmojo", dict(position_encoding="rope"), None)],
         "pattern": [("bmojo_f_attn", "bmojo_f_attn", {}, None), ("bmojo_attn", "bmojo_attn", {}, None)],
         "variant": [("bmojo +ssm_residual (ours)", "bmojo", dict(ssm_residual=True), None)],
+        "storage": [("bmojo +storage", "bmojo", dict(storage_blocks=config.storage_blocks,
+                                                     storage_block_size=config.storage_block_size,
+                                                     storage_topk=config.storage_topk), None)],
     }
     return {group: [Arm(name, preset, tuple(over.items()), fillers, "bmojo", f"ablation:{group}")
                     for name, preset, over, fillers in groups[group]]
