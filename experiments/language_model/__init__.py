@@ -1,7 +1,8 @@
 """Language modelling on real text: ``python -m experiments.language_model``.
 
 Every preset of `bmojo` (transformer, swa, mamba, mamba2, jamba, bmojo_f, bmojo, and the interleaved
-B'MOJO(-F)/attention presets) is trained on the same tokens at matched parameter count, then measured:
+B'MOJO(-F)/attention presets, and bmojo+storage: B'MOJO with in-storage memory, `bmojo.storage`) is
+trained on the same tokens at matched parameter count, then measured:
 
 1. validation and test loss in bits per byte (tokenizer-independent) and perplexity per token;
 2. training throughput (tokens/s) and step time, as ratios to the Transformer of the same run;

@@ -16,12 +16,32 @@ from experiments import harness
 from experiments.data import text
 
 ISSUE_MODELS = ("transformer", "swa", "mamba", "mamba2", "jamba", "bmojo_f", "bmojo")
+STORAGE = "+storage"
+"""Suffix of a model name: the preset with in-storage memory (`bmojo.storage`) in its B'MOJO(-F)
+layers, sized by the Config's storage fields (it adds no parameters)."""
+
+
+def storage_presets() -> tuple[str, ...]:
+    """The presets with B'MOJO(-F) layers, the ones that can take in-storage memory."""
+    return tuple(n for n in bmojo.PRESETS
+                 if {"bmojo_f", "bmojo"} & set(bmojo.preset(n).block_types))
+
+
+def model_names() -> tuple[str, ...]:
+    """Every valid entry of `Config.models`: the presets and "PRESET+storage" for `storage_presets`."""
+    return tuple(bmojo.PRESETS) + tuple(n + STORAGE for n in storage_presets())
+
+
+def split_name(name: str) -> tuple[str, bool]:
+    """Model name -> (preset, with in-storage memory)."""
+    return (name[: -len(STORAGE)], True) if name.endswith(STORAGE) else (name, False)
 
 
 def default_models() -> tuple[str, ...]:
     """The seven presets of the comparison plus every interleaved B'MOJO(-F)/attention preset that
-    ``bmojo.PRESETS`` offers (names containing "attn"), in ``bmojo.PRESETS`` order."""
-    return tuple(n for n in bmojo.PRESETS if n in ISSUE_MODELS or "attn" in n)
+    ``bmojo.PRESETS`` offers (names containing "attn"), in ``bmojo.PRESETS`` order, then
+    "bmojo+storage" (issue 18: B'MOJO with and without in-storage memory)."""
+    return tuple(n for n in bmojo.PRESETS if n in ISSUE_MODELS or "attn" in n) + ("bmojo" + STORAGE,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +97,13 @@ class Config:
     theirs."""
     memory_slots: int = 16
     """Eidetic capacity M of the bmojo presets."""
+    storage_blocks: int = 128
+    """In-storage memory of the "+storage" models: blocks kept (`bmojo.ModelConfig.storage_blocks`;
+    the default's 128 blocks of 8 tokens hold the longest evaluation length, 8T = 1024)."""
+    storage_block_size: int = 8
+    """In-storage memory: tokens per block B."""
+    storage_topk: int = 2
+    """In-storage memory: blocks retrieved per chunk r (r * B reserved attention slots)."""
     dtype: str = "float32"
     """Compute dtype of the models ('bfloat16' on accelerators); parameters stay float32."""
     attention_implementation: str | None = None
@@ -115,7 +142,7 @@ class Config:
     """Tokens generated per sample."""
     temperature: float = 0.8
     """Sampling temperature (0: greedy)."""
-    results_dir: str = "runs/language_model"
+    out: str = "runs/language_model"
     """Results folder; a rerun with the same folder resumes and skips finished runs."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and one at the end of every run)."""
@@ -157,16 +184,20 @@ def validate(config: Config) -> None:
         c, positive=("seq_len", "extrapolation", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
                      "ff_multiple", "window", "ssm_state", "steps", "batch_size", "learning_rates",
                      "grad_clip", "eval_windows", "eval_batch_size", "position_buckets", "prompt_len",
-                     "sample_len", "bpe_vocab", "bpe_train_chars", "max_bytes", "log_every"),
+                     "sample_len", "bpe_vocab", "bpe_train_chars", "max_bytes", "log_every",
+                     "storage_blocks", "storage_block_size", "storage_topk"),
         nonnegative=("seeds", "memory_slots", "weight_decay", "samples", "temperature", "checkpoint_every"),
         finite=("learning_rates", "grad_clip", "weight_decay", "temperature", "warmup"),
         probability=("warmup",),
-        choices={"models": bmojo.PRESETS, "tokenizer": text.TOKENIZERS, "hybrid_ssm": SSM_KINDS,
+        choices={"models": model_names(), "tokenizer": text.TOKENIZERS, "hybrid_ssm": SSM_KINDS,
                  "dtype": DTYPES})
     for name in ("models", "extrapolation", "learning_rates", "seeds"):
         values = getattr(c, name)
         if not values or len(set(values)) != len(values):
             _fail(name, values, "at least one entry, none repeated")
+    if c.storage_blocks < c.storage_topk:
+        _fail("storage_blocks", c.storage_blocks, f">= storage_topk = {c.storage_topk} (blocks kept "
+              "to retrieve from)")
     if c.warmup == 1:
         _fail("warmup", c.warmup, "a fraction of the steps in [0, 1)")
     try:
@@ -186,19 +217,20 @@ def validate(config: Config) -> None:
 PRESETS = {
     "default": Config(),
     "tiny": Config(seq_len=16, extrapolation=(1, 2), d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-                   d_ff=32, window=4, ssm_state=4, memory_slots=4, steps=3, batch_size=4,
-                   eval_windows=2, eval_batch_size=2, position_buckets=4, samples=1, prompt_len=4,
-                   sample_len=4, checkpoint_every=0, log_every=1),
+                   d_ff=32, window=4, ssm_state=4, memory_slots=4, storage_blocks=8, storage_block_size=2,
+                   steps=3, batch_size=4, eval_windows=2, eval_batch_size=2, position_buckets=4,
+                   samples=1, prompt_len=4, sample_len=4, checkpoint_every=0, log_every=1),
     "paper": Config(dataset="pg19", tokenizer="bpe", bpe_vocab=32768, seq_len=2048,
                     extrapolation=(1, 2, 4, 8), d_model=768, n_layers=12, n_heads=12, n_kv_heads=4,
                     d_ff=2048, ff_multiple=64, window=512, ssm_state=16, hybrid_ssm="mamba1",
-                    memory_slots=64, dtype="bfloat16", fsdp=True, steps=5000, batch_size=256,
-                    learning_rates=(6e-4,), eval_windows=64, eval_batch_size=8,
-                    position_buckets=64, samples=2, prompt_len=128, sample_len=512,
-                    results_dir="runs/language_model_paper", checkpoint_every=500, log_every=50),
+                    memory_slots=64, storage_blocks=256, storage_block_size=64, dtype="bfloat16",
+                    fsdp=True, steps=5000, batch_size=256, learning_rates=(6e-4,), eval_windows=64,
+                    eval_batch_size=8, position_buckets=64, samples=2, prompt_len=128, sample_len=512,
+                    out="runs/language_model_paper", checkpoint_every=500, log_every=50),
 }
 """`default`: the embedded CPU setting; `tiny`: tests; `paper`: the paper's recipe at 130M parameters
 (the Transformer: 12 layers of width 768, 12 heads over 4 key-value heads, SwiGLU 2048, BPE 32K, about
 126M parameters) on PG-19 at 2K context, window 512, 256 x 2048 tokens per step for 5000 steps (2.6B
 tokens, 20 per parameter), AdamW 6e-4 with 5% warm-up and cosine decay, weight decay 0.1, clipping 1,
-bfloat16 compute, parameters sharded over the devices."""
+bfloat16 compute, parameters sharded over the devices; in-storage memory of 256 blocks of 64 tokens
+(the longest evaluation length, 8 x 2048)."""

@@ -34,7 +34,7 @@ from experiments.language_model.train import (
     train_batch,
 )
 
-RESUMABLE = ("models", "learning_rates", "seeds", "results_dir", "checkpoint_every", "log_every",
+RESUMABLE = ("models", "learning_rates", "seeds", "out", "checkpoint_every", "log_every",
              "progress")
 """Config fields that may change when rerunning into the same results folder (the others change
 results; new models, learning rates or seeds add runs)."""
@@ -160,9 +160,9 @@ def check_resumable(config: Config, results: harness.Results) -> None:
     changed = [k for k in now if k not in RESUMABLE and before.get(k) != now[k]]
     if changed:
         raise ValueError(
-            f"results_dir {str(results.path)!r} holds runs with other settings ("
+            f"out {str(results.path)!r} holds runs with other settings ("
             + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
-            + "); choose another --results_dir or remove that folder")
+            + "); choose another --out or remove that folder")
 
 
 def logged(results: harness.Results) -> dict[str, dict]:
@@ -192,7 +192,7 @@ def select(config: Config, model: str, valid: dict[str, float]) -> float:
 
 def run(config: Config) -> pathlib.Path:
     """Train, select, test and report every model of `config`; returns the results folder."""
-    folder = pathlib.Path(config.results_dir)
+    folder = pathlib.Path(config.out)
     for name in config.models:  # every model is valid and long enough before anything is written
         check_length(model_config(config, name, vocab_size(config)), config.max_len, name)
     results = harness.Results(folder)  # (creates the folder only when it first writes)

@@ -6,7 +6,8 @@ Every preset gets the experiment's width, heads, window and SSM state. The Trans
 `n_layers` and gets the MLP width d_ff (a multiple of `ff_multiple`) whose parameter count is closest
 to the target; the MLP-free presets (mamba, mamba2: a Mamba block has no MLP) get the closest depth
 instead (the Mamba paper's models are about twice as deep as the Transformers they match). This
-matching rule is ours; the count of every model is stated in the results table.
+matching rule is ours; the count of every model is stated in the results table. "PRESET+storage" is
+PRESET's matched model with in-storage memory in its B'MOJO(-F) layers (no extra parameters).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 import bmojo
 from bmojo.config import ATTENTION_TYPES, SSM_TYPES
-from experiments.language_model.config import Config
+from experiments.language_model.config import Config, split_name
 
 
 def base_fields(config: Config, vocab_size: int) -> dict:
@@ -36,7 +37,18 @@ def is_hybrid(name: str) -> bool:
 
 
 def model_config(config: Config, name: str, vocab_size: int) -> bmojo.ModelConfig:
-    """The `ModelConfig` of preset `name` with its parameter count matched to the Transformer's."""
+    """The `ModelConfig` of model `name` (a preset, or "PRESET+storage") with its parameter count
+    matched to the Transformer's."""
+    name, storage = split_name(name)
+    matched = _matched(config, name, vocab_size)
+    if not storage:
+        return matched
+    return dataclasses.replace(matched, storage_blocks=config.storage_blocks,
+                               storage_block_size=config.storage_block_size,
+                               storage_topk=config.storage_topk)
+
+
+def _matched(config: Config, name: str, vocab_size: int) -> bmojo.ModelConfig:
     fields = base_fields(config, vocab_size)
     if is_hybrid(name):
         fields["ssm_kind"] = config.hybrid_ssm

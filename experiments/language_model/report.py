@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from experiments import harness
-from experiments.language_model.config import Config, Run
+from experiments.language_model.config import STORAGE, Config, Run
 from experiments.language_model.models import decoding_floats, max_length, model_config
 
 
@@ -121,7 +121,7 @@ def write(config: Config, chosen: dict[str, float], results: harness.Results, da
         f"Transformer's through the MLP width (d_ff) or, for the MLP-free Mamba stacks, the depth. "
         f"Held-out splits: {config.eval_windows} windows of {config.max_len} tokens evenly spaced over "
         f"each, cut into windows of the evaluated length (every length predicts the same tokens). "
-        f"Mean ± std over {len(config.seeds)} seed(s).",
+        f"Mean ± std over {len(config.seeds)} seed(s).{_storage_note(config)}",
         "## Perplexity and training speed",
         f"Bits per byte (tokenizer-independent) and perplexity per token at length T. Throughput while "
         f"training on {device.platform.upper()} ({device.device_kind}, {jax.device_count()} device(s)), "
@@ -139,7 +139,10 @@ def write(config: Config, chosen: dict[str, float], results: harness.Results, da
         "## Decoding memory",
         "Floats in the decoding state of one sequence (`bmojo.init_cache`) once the context holds n "
         "tokens: constant for recurrent models; full attention keeps the keys and values of every "
-        "token (its cache built for max_len = n).",
+        "token (its cache built for max_len = n)."
+        + (f" The `{STORAGE}` models' state includes their store ({config.storage_blocks} blocks and "
+           "the ring that fills it): bounded by the capacity, not the context."
+           if any(m.endswith(STORAGE) for m in config.models) else ""),
         harness.markdown_table(["model", *(f"n = {L}" for L in lengths), "floats per extra token"],
                                memory_rows),
     ]
@@ -156,6 +159,19 @@ def write(config: Config, chosen: dict[str, float], results: harness.Results, da
     markdown = "\n\n".join(sections)
     results.write_markdown([markdown])
     return markdown
+
+
+def _storage_note(config: Config) -> str:
+    """The sentence on the "+storage" models (empty without them)."""
+    if not any(m.endswith(STORAGE) for m in config.models):
+        return ""
+    b, r = config.storage_block_size, config.storage_topk
+    return (f" `PRESET{STORAGE}`: the same matched model (same parameters) trained and evaluated with "
+            f"in-storage memory in its B'MOJO layers (`bmojo.storage`): the last "
+            f"{config.storage_blocks} blocks of {b} tokens beyond both windows are kept, and every chunk "
+            f"attends to the {r} most relevant ({r * b} reserved slots). A chunk retrieves only blocks that "
+            f"ended 2W = {2 * config.window} tokens before it, so at T = {config.seq_len} few chunks "
+            f"retrieve; the far past matters at the longer lengths.")
 
 
 def _plots(config: Config, stats: dict, lengths: list[int], results: harness.Results) -> None:
