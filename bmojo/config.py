@@ -75,6 +75,11 @@ class ModelConfig:
     ``memory_topk`` of those above ``memory_threshold``) and ``memory_evict`` (``"lowest"``: the
     paper's, the lowest innovation leaves; ``"oldest"``: the oldest leaves).
 
+    In-storage memory (``bmojo.storage``; off when ``storage_blocks`` is 0): B'MOJO(-F) layers keep
+    the last ``storage_blocks`` complete blocks of ``storage_block_size`` tokens outside their fixed
+    state and attend, in every chunk, to the tokens of the ``storage_topk`` blocks most relevant to the
+    chunk's first query.
+
     ``ssm_residual`` (ours; off in the paper and in AWS's public B'MOJO-F code): the layer also
     adds the SSM output at each position to its output, ``out = o(attention) + f``, so that a query
     reads the fading memory at its own position, as a Mamba layer does, and not only through the
@@ -107,6 +112,9 @@ class ModelConfig:
     memory_topk: int = 4
     memory_threshold: float = 1.0
     memory_evict: str = "lowest"
+    storage_blocks: int = 0
+    storage_block_size: int = 16
+    storage_topk: int = 2
     ssm_residual: bool = False
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
@@ -118,7 +126,8 @@ class ModelConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "window",
                      "ssm_state", "max_len", "ssm_expand", "conv_width", "ssm_head_dim",
-                     "ssd_block_len", "memory_topk", "innovation_order"):
+                     "ssd_block_len", "memory_topk", "innovation_order", "storage_block_size",
+                     "storage_topk"):
             value = getattr(self, name)
             _need(_is_int(value) and value >= 1, name, value, "a positive integer")
         if self.chunk_size is None:
@@ -128,6 +137,9 @@ class ModelConfig:
         _need(_is_int(self.memory_slots) and self.memory_slots >= 0, "memory_slots",
               self.memory_slots, "an integer >= 0 (eidetic capacity M)")
         _need(_is_int(self.d_ff) and self.d_ff >= 0, "d_ff", self.d_ff, "an integer >= 0")
+        _need(_is_int(self.storage_blocks) and (self.storage_blocks == 0 or self.storage_blocks >= self.storage_topk),
+              "storage_blocks", self.storage_blocks,
+              f"0 (no in-storage memory) or an integer >= storage_topk = {self.storage_topk}")
         _need(self.d_model % self.n_heads == 0, "n_heads", self.n_heads,
               f"a divisor of d_model = {self.d_model}")
         _need(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", self.n_kv_heads,
@@ -192,6 +204,9 @@ class ModelConfig:
 
     def uses_memory(self, kind: str) -> bool:
         return kind == "bmojo" and self.memory_slots > 0
+
+    def uses_storage(self, kind: str) -> bool:
+        return self.uses_fading(kind) and self.storage_blocks > 0
 
     def horizon(self, kind: str) -> int:
         """Age at which a token leaves every window of the layer: W, or 2W with the fading window."""

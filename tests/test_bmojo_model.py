@@ -21,6 +21,9 @@ CASES = {name: (name, {}) for name in bmojo.PRESETS} | {
                                                 memory_evict="oldest")),
     "bmojo:residual-rope-threshold": ("bmojo", dict(ssm_residual=True, position_encoding="rope",
                                                     memory_select="threshold", memory_threshold=0.05)),
+    "bmojo:storage": ("bmojo", dict(storage_blocks=2, storage_block_size=3, storage_topk=1)),
+    "bmojo_f:storage-per-token": ("bmojo_f", dict(storage_blocks=3, storage_block_size=2, storage_topk=2,
+                                                  chunk_size=1)),
 }
 
 
@@ -28,7 +31,7 @@ CASES = {name: (name, {}) for name in bmojo.PRESETS} | {
 def _run(name):
     """Parallel logits of two sequences that agree up to CUT, and gradients of the loss."""
     base, overrides = CASES[name]
-    config = bmojo.preset(base, **TINY, **overrides)
+    config = bmojo.preset(base, **(TINY | overrides))
     model = bmojo.LanguageModel(config)
     a = jax.random.randint(jax.random.key(1), (1, LENGTH), 0, config.vocab_size)
     b = a.at[:, CUT + 1:].set(jax.random.randint(jax.random.key(2), (1, LENGTH - CUT - 1), 0, config.vocab_size))

@@ -10,7 +10,7 @@ from bmojo.config import SSM_KINDS
 from experiments import harness
 from experiments.data import mqar
 
-ABLATIONS = ("store", "predictor", "fillers", "positions", "pattern", "variant")
+ABLATIONS = ("store", "predictor", "fillers", "positions", "pattern", "variant", "storage")
 """Ablation groups of B'MOJO (see `plan.ablation_arms`)."""
 SWEEP_KNOBS = {"bmojo": "memory_slots", "bmojo_f": "ssm_state", "swa": "window", "mamba": "ssm_state",
                "mamba2": "ssm_state", "jamba": "ssm_state", "transformer": None}
@@ -38,7 +38,7 @@ class Config:
     """B'MOJO ablation groups, one table each: store (the paper's rule vs top-k/oldest vs threshold),
     predictor (fixed vs learned), fillers (zero vs random), positions (none vs RoPE), pattern
     (B'MOJO(-F) interleaved with full attention), variant (ours: the SSM output added to the layer's
-    output). Empty: none."""
+    output), storage (B'MOJO with in-storage memory, `bmojo.storage`). Empty: none."""
 
     vocab_size: int = 64
     """Vocabulary: keys from 1 .. V/2 - 1, values from V/2 .. V - 1, filler 0."""
@@ -58,6 +58,9 @@ class Config:
     """Size of the validation set (learning rate and early stopping); never the test sets."""
     test_examples: int = 256
     """Test sequences per number of pairs."""
+    eval_length: int = 0
+    """Also test every model on sequences of this length (0: no), where keys lie up to that far back:
+    length generalisation (models are built for it; they train at `seq_len`)."""
 
     d_model: int = 32
     """Width of every model."""
@@ -79,6 +82,12 @@ class Config:
     """Candidates per chunk that may enter the store in the top-k and threshold ablations."""
     memory_threshold: float = 0.5
     """Innovation threshold of the threshold ablation (the fixed predictor's squared error)."""
+    storage_blocks: int = 16
+    """In-storage memory of the storage ablation: blocks kept (`bmojo.ModelConfig.storage_blocks`)."""
+    storage_block_size: int = 4
+    """Tokens per stored block."""
+    storage_topk: int = 2
+    """Blocks retrieved per chunk."""
     ssm_residual: bool = False
     """Ours: every B'MOJO(-F) model of the study also adds its SSM output to the layer output (see
     `bmojo.ModelConfig.ssm_residual`), to measure the whole study on that variant. Off: the paper's."""
@@ -164,9 +173,10 @@ def check(config: Config) -> None:
         positive=("vocab_size", "seq_len", "train_pairs", "eval_pairs", "power_a", "train_examples",
                   "valid_examples", "test_examples", "d_model", "n_layers", "n_heads", "window",
                   "ssm_state", "memory_topk", "learning_rates", "seeds", "max_epochs", "batch_size",
-                  "log_every", "window_sweep", "ssm_state_sweep"),
+                  "log_every", "window_sweep", "ssm_state_sweep", "storage_blocks", "storage_block_size",
+                  "storage_topk"),
         nonnegative=("d_ff", "memory_slots", "memory_slots_sweep", "extra_seeds", "weight_decay",
-                     "checkpoint_every"),
+                     "checkpoint_every", "eval_length"),
         finite=("memory_threshold",),
         probability=("early_stop",),
         choices={"models": bmojo.PRESETS, "sweep": tuple(SWEEP_KNOBS), "ablations": ABLATIONS,
@@ -179,3 +189,6 @@ def check(config: Config) -> None:
                          f"= {config.batch_size} (one step per epoch)")
     for pairs in config.train_pairs + config.eval_pairs:
         mqar.check_task(config.vocab_size, config.seq_len, pairs, config.power_a, config.fillers)
+    if config.eval_length and config.eval_length <= config.seq_len:
+        raise ValueError(f"Config.eval_length = {config.eval_length}; expected 0 or more than seq_len = "
+                         f"{config.seq_len}")

@@ -36,8 +36,8 @@ class _Table:
     def __init__(self, config: Config, records: dict[str, dict], chosen: dict[str, float]):
         self.config, self.records, self.chosen = config, records, chosen
 
-    def accuracies(self, arm: plan.Arm, pairs: int) -> list[float]:
-        return [self.records[t.name]["test_accuracy"][str(pairs)] for t in _trials(self.config, arm, self.chosen)]
+    def accuracies(self, arm: plan.Arm, pairs: int, key: str = "test_accuracy") -> list[float]:
+        return [self.records[t.name][key][str(pairs)] for t in _trials(self.config, arm, self.chosen)]
 
     def mean_accuracies(self, arm: plan.Arm) -> list[float]:
         per_seed = zip(*(self.accuracies(arm, p) for p in self.config.eval_pairs))
@@ -106,6 +106,15 @@ def write(config: Config, records: dict[str, dict], chosen: dict[str, float], re
             rows += [[a.name, *table.row(a)] for a in arms if a.preset == base.preset]
         rows += [[a.name, *table.row(a)] for a in arms if a.preset not in plan.baseline_of(group)]
         sections += [f"## Ablation: {group}", harness.markdown_table(["setting", *pair_cols, "mean"], rows)]
+    if config.eval_length:
+        arms = main + [a for group in plan.ablation_arms(config).values() for a in group]
+        sections += [
+            f"## Length generalisation: trained at {config.seq_len}, tested at {config.eval_length} tokens",
+            harness.markdown_table(
+                ["model", *(f"{p} pairs @{config.seq_len}" for p in pairs),
+                 *(f"{p} pairs @{config.eval_length}" for p in pairs)],
+                [[a.name, *(_cell(table.accuracies(a, p)) for p in pairs),
+                  *(_cell(table.accuracies(a, p, "long_accuracy")) for p in pairs)] for a in arms])]
     markdown = "\n\n".join(sections)
     results.write_markdown([markdown])
 

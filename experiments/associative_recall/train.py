@@ -33,12 +33,14 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    """The fixed training set, the validation set (both mix `train_pairs`) and a test set per number
-    of pairs, all drawn from the config's seed (disjoint streams)."""
+    """The fixed training set, the validation set (both mix `train_pairs`), a test set per number of
+    pairs and, with `eval_length`, one per number of pairs at that length; all drawn from the
+    config's seed (disjoint streams)."""
 
     train: Batch
     valid: Batch
     test: dict[int, Batch]
+    long: dict[int, Batch]
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,7 +50,10 @@ def _data(config: Config, fillers: str) -> Data:
     return Data(train=mqar.mixture(rng(0), config.train_examples, num_pairs=config.train_pairs, **task),
                 valid=mqar.mixture(rng(1), config.valid_examples, num_pairs=config.train_pairs, **task),
                 test={p: mqar.generate(rng(2, p), config.test_examples, num_pairs=p, **task)
-                      for p in config.eval_pairs})
+                      for p in config.eval_pairs},
+                long={p: mqar.generate(rng(4, p), config.test_examples, num_pairs=p,
+                                       **(task | {"seq_len": config.eval_length}))
+                      for p in config.eval_pairs} if config.eval_length else {})
 
 
 def data(config: Config, fillers: str | None = None) -> Data:
@@ -172,5 +177,8 @@ def run_trial(config: Config, trial: Trial, results: harness.Results) -> dict:
               "valid_accuracy": valid[steps],
               "test_accuracy": {str(p): accuracy(fns, state.params, batch, config.batch_size)
                                 for p, batch in sets.test.items()}}
+    if sets.long:
+        record["long_accuracy"] = {str(p): accuracy(fns, state.params, batch, config.batch_size)
+                                   for p, batch in sets.long.items()}
     results.log(record)
     return record
