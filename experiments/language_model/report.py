@@ -166,8 +166,8 @@ def _storage_note(config: Config) -> str:
     if not any(m.endswith(STORAGE) for m in config.models):
         return ""
     b, r = config.storage_block_size, config.storage_topk
-    return (f" `PRESET{STORAGE}`: the same matched model (same parameters) trained and evaluated with "
-            f"in-storage memory in its B'MOJO layers (`bmojo.storage`): the last "
+    return (f" `PRESET{STORAGE}`: the same matched model (storage adds no parameter) trained and "
+            f"evaluated with in-storage memory in its B'MOJO layers (`bmojo.storage`): the last "
             f"{config.storage_blocks} blocks of {b} tokens beyond both windows are kept, and every chunk "
             f"attends to the {r} most relevant ({r * b} reserved slots). A chunk retrieves only blocks that "
             f"ended 2W = {2 * config.window} tokens before it, so at T = {config.seq_len} few chunks "
