@@ -99,7 +99,8 @@ class Config:
     """Eidetic capacity M of the bmojo presets."""
     storage_blocks: int = 128
     """In-storage memory of the "+storage" models: blocks kept (`bmojo.ModelConfig.storage_blocks`;
-    the default's 128 blocks of 8 tokens hold the longest evaluation length, 8T = 1024)."""
+    the default's 128 blocks of 8 tokens hold the longest evaluation length, 8T = 1024). The sizes
+    of every preset are ours: the published ones were not available (see `bmojo.storage`)."""
     storage_block_size: int = 8
     """In-storage memory: tokens per block B."""
     storage_topk: int = 2
