@@ -2,7 +2,7 @@
 results, checkpoints, sharding."""
 
 from experiments.harness.checkpoint import Checkpointer
-from experiments.harness.config import apply_overrides, field_docs, help_text, parse_args
+from experiments.harness.config import apply_overrides, command_line, field_docs, help_text, parse_args
 from experiments.harness.results import Results, atomic_write, markdown_table
 from experiments.harness.sharding import (
     make_mesh,
@@ -21,6 +21,7 @@ __all__ = [
     "apply_overrides",
     "atomic_write",
     "check_fields",
+    "command_line",
     "evaluate",
     "field_docs",
     "fit",
