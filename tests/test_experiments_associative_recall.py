@@ -128,9 +128,14 @@ def test_full_attention_recalls_and_stops_early_where_a_one_token_window_cannot(
     config = dataclasses.replace(
         TINY, models=("transformer", "swa"), sweep=(), ablations=(), seq_len=8, train_pairs=(1,), eval_pairs=(1,),
         window=1, train_examples=512, valid_examples=64, test_examples=64, max_epochs=8, early_stop=0.9,
-        learning_rates=(1e-2,), seeds=1, out=str(tmp_path))
+        learning_rates=(1e-2,), seeds=1, out=str(tmp_path), tensorboard=True)
     records = ar.run(config)
     chance = 1 / (config.vocab_size // 2)  # values are uniform over the upper half of the vocabulary
     transformer, swa = (records[f"{m} lr=0.01 seed=0"] for m in ("transformer", "swa"))
     assert transformer["test_accuracy"]["1"] > 0.9 and transformer["epochs"] < config.max_epochs
     assert swa["test_accuracy"]["1"] < 2 * chance and swa["epochs"] == config.max_epochs
+    # --tensorboard: event files per run next to metrics.jsonl (their contents: test_harness_tensorboard)
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard" / "transformer_lr=0.01_seed=0"))
+    assert {"loss", "examples_per_s", "valid_accuracy"} <= set(events.Reload().Tags()["tensors"])

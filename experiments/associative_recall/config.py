@@ -116,9 +116,12 @@ class Config:
     """Steps between training-loss records."""
     progress: bool = True
     """Show progress bars."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard event files in OUT/tensorboard (loss, accuracy,
+    examples/s; needs the `experiments` extra): `tensorboard --logdir OUT/tensorboard`."""
 
 
-RESUMABLE = ("out", "checkpoint_every", "log_every", "progress")
+RESUMABLE = ("out", "checkpoint_every", "log_every", "progress", "tensorboard")
 """Config fields that may change when rerunning into the same results folder; any other change is
 refused, so that one folder never mixes settings."""
 

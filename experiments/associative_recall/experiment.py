@@ -61,7 +61,7 @@ def run(config: Config) -> dict[str, dict]:
     """Run every trial of `config` not finished in its results folder, then write the report.
     Returns {trial name: final record}."""
     check(config)
-    results = harness.Results(config.out)
+    results = harness.Results(config.out, tensorboard=config.tensorboard)
     results.write_config(config)
     records = finished(results)
     tic = time.perf_counter()
