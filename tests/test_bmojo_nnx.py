@@ -29,7 +29,7 @@ class TinyLM(nnx.Module):
 
 
 def test_nnx_model_with_a_bmojo_layer_trains():
-    model = TinyLM(nnx.Rngs(0))
+    model = nnx.jit(lambda: TinyLM(nnx.Rngs(0)))()  # made under jit: the eager init is slow on CPU
     assert any("mixer" in str(path) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     optimizer = nnx.Optimizer(model, optax.adam(3e-2), wrt=nnx.Param)
     # a fixed batch of sequences that repeat with period 4: predictable from the recent window
@@ -50,9 +50,9 @@ def test_nnx_model_with_a_bmojo_layer_trains():
 
 
 def test_nnx_layer_decode_equals_parallel():
-    layer = bmojo.nnx.BMojoLayer(CONFIG, "bmojo", rngs=nnx.Rngs(2))
+    layer = nnx.jit(lambda: bmojo.nnx.BMojoLayer(CONFIG, "bmojo", rngs=nnx.Rngs(2)))()
     x = jax.random.normal(jax.random.key(3), (2, 16, CONFIG.d_model))  # 16 > 2W: the store is used
-    parallel, _ = layer(x)
+    parallel, _ = nnx.jit(lambda layer, x: layer(x))(layer, x)
     step = nnx.jit(lambda layer, x_t, cache, t: layer.step(x_t, cache, t))
     cache, steps = layer.init_cache(2), []
     for t in range(x.shape[1]):
