@@ -37,3 +37,20 @@ def test_readme_set_up_line_names_the_extras_and_the_python_version():
     extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     assert '".[experiments,test]"' in setup and extras == {"experiments", "test"}
     assert "Python 3.11+" in README
+
+
+def test_one_repository_url_for_the_badges_and_the_notebooks():
+    import json
+
+    url = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_repo = url.removeprefix("https://github.com/")
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    badges = re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/notebooks/(\w+)\.ipynb", README)
+    assert {repo for repo, _ in badges} == {owner_repo}
+    assert sorted(name for _, name in badges) == [p.stem for p in notebooks]
+    for path in notebooks:
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        first = "".join(cells[0]["source"])
+        assert f'REPO_URL = "{url}"' in first, path.name
+        assert '%pip install -q --no-deps "git+{REPO_URL}"' in first, path.name  # keeps Colab's jax
+        assert all("REPO_URL =" not in "".join(c["source"]) for c in cells[1:]), path.name
