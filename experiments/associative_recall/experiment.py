@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Command line: build the config from `argv`, run, print results.md and return its path."""
     import experiments.associative_recall as package
 
+    harness.distributed.initialize()  # several processes when launched so (see harness.distributed)
     config = harness.command_line(Config, config_lib.PRESETS, argv, prog="python -m experiments.associative_recall",
                                   description=package.__doc__.split("\n\n")[0], check=check)
     run(config)

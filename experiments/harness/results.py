@@ -68,7 +68,9 @@ class Results:
     With `tensorboard=True`, every logged record that has a "run" and an integer "step" is also
     written as TensorBoard scalars (its numeric fields: loss, accuracy, examples_per_s, ...) to
     `path/tensorboard/<run>/`, through Flax's `flax.metrics.tensorboard` writer (TensorFlow and
-    TensorBoard, from the `experiments` extra, imported only then)."""
+    TensorBoard, from the `experiments` extra, imported only then).
+
+    In a multi-process run only process 0 writes; the others read what it wrote."""
 
     def __init__(self, path: str | pathlib.Path, tensorboard: bool = False):
         self.path = pathlib.Path(path)
@@ -76,6 +78,7 @@ class Results:
         self.tensorboard = tensorboard
         self._tail_checked = False  # whether a truncated last record was looked for before appending
         self._writers: dict[str, Any] = {}  # run name -> TensorBoard summary writer
+        self.writes = jax.process_index() == 0
 
     def _file(self, name: str) -> pathlib.Path:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -83,6 +86,8 @@ class Results:
 
     def write_config(self, config: Any) -> None:
         """config.json: the dataclass `config` plus where and how it ran."""
+        if not self.writes:
+            return
         record = {
             "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
             "command": " ".join(sys.argv),
@@ -114,6 +119,8 @@ class Results:
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one metrics record (JSON-serialisable values; numpy scalars are converted) as one
         complete line, flushed to disk. The first append drops a truncated last record, if any."""
+        if not self.writes:
+            return
         line = json.dumps({k: _plain(v) for k, v in record.items()}) + "\n"
         if not self._tail_checked and self.metrics_path.exists():
             text = self.metrics_path.read_text(errors="replace")
@@ -155,6 +162,8 @@ class Results:
         self._write_metrics(kept)
 
     def _write_metrics(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if not self.writes:
+            return
         atomic_write(self._file(self.metrics_path.name), "".join(json.dumps(r) + "\n" for r in records))
         self._tail_checked = True
 
@@ -182,6 +191,8 @@ class Results:
 
     def write_markdown(self, sections: Sequence[str], name: str = "results.md") -> pathlib.Path:
         """Write the Markdown `sections` (joined by blank lines) to `name`."""
+        if not self.writes:
+            return self.path / name
         out = self._file(name)
         atomic_write(out, "\n\n".join(s.strip() for s in sections) + "\n")
         return out
@@ -200,6 +211,8 @@ class Results:
         Every series gets its own marker and line style, so overlapping lines stay visible; the
         legend sits outside the axes.
         """
+        if not self.writes:
+            return self.path / f"{name}.png"
         fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.8), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             for i, (label, data) in enumerate(panel["series"].items()):
