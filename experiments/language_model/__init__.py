@@ -37,10 +37,11 @@ __all__ = ["PRESETS", "Config", "main", "run"]
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Parse ``--preset=NAME --key=value ...`` (``--help`` lists them), run, print results.md and
     return its path. A missing corpus ends the program with one line saying how to get it."""
-    from experiments.harness import parse_args
+    from experiments import harness
 
-    config = parse_args(Config, PRESETS, argv, prog="python -m experiments.language_model",
-                        description=__doc__.split("\n\n")[0])
+    harness.distributed.initialize()  # several processes when launched so (see harness.distributed)
+    config = harness.command_line(Config, PRESETS, argv, prog="python -m experiments.language_model",
+                                  description=__doc__.split("\n\n")[0])
     try:
         folder = run(config)
     except MissingDataError as e:

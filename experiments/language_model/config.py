@@ -151,6 +151,9 @@ class Config:
     """Steps between metrics records."""
     progress: bool = True
     """Show progress bars."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard event files in OUT/tensorboard (needs the `experiments`
+    extra): `tensorboard --logdir OUT/tensorboard`."""
 
     def __post_init__(self):
         validate(self)

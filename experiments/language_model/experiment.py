@@ -35,7 +35,7 @@ from experiments.language_model.train import (
 )
 
 RESUMABLE = ("models", "learning_rates", "seeds", "out", "checkpoint_every", "log_every",
-             "progress")
+             "progress", "tensorboard")
 """Config fields that may change when rerunning into the same results folder (the others change
 results; new models, learning rates or seeds add runs)."""
 TOKENIZER_FILE = "tokenizer.json"
@@ -195,7 +195,7 @@ def run(config: Config) -> pathlib.Path:
     folder = pathlib.Path(config.out)
     for name in config.models:  # every model is valid and long enough before anything is written
         check_length(model_config(config, name, vocab_size(config)), config.max_len, name)
-    results = harness.Results(folder)  # (creates the folder only when it first writes)
+    results = harness.Results(folder, tensorboard=config.tensorboard)  # (creates the folder only when it first writes)
     check_resumable(config, results)
     data = load_data(config, folder)
     results.write_config(config)
