@@ -98,8 +98,10 @@ class ShardedComposition:
     ``steps(n) -> int``: the training steps of a component with ``n`` examples (e.g. a fixed
     number of epochs). Component ``i`` always trains with the key ``fold_in(key, i)``;
     components with equally many examples train together (``tangent.fit_components``).
-    ``fit_kwargs``: ``optimizer``, ``loss``, ``batch_size``, ``penalty``... (batch sizes are
-    capped at a component's number of examples).
+    ``fit_kwargs``: ``optimizer``, ``loss``, ``batch_size``, ``penalty``... of
+    ``tangent.fit_components`` (batch sizes are capped at a component's number of examples);
+    ``optimizer`` may be a function ``steps -> optimizer`` (e.g. ``Recipe.make_optimizer``, whose
+    schedule depends on the run's length).
     """
 
     def __init__(self, model: TangentModel, graph: ShardGraph, inputs, targets, shards: Sequence,
@@ -130,12 +132,14 @@ class ShardedComposition:
             groups.setdefault(len(self.data(node)), []).append(node)
         for size, group in groups.items():
             index = np.stack([self.data(i) for i in group])
-            kwargs = dict(self.fit_kwargs)
+            kwargs, steps = dict(self.fit_kwargs), self.steps(size)
             if kwargs.get("batch_size") is not None:
                 kwargs["batch_size"] = min(kwargs["batch_size"], size)
+            if callable(kwargs.get("optimizer")):
+                kwargs["optimizer"] = kwargs["optimizer"](steps)
             keys = jax.vmap(lambda i: jax.random.fold_in(self.key, i))(np.asarray(group))
             out = fit_components(self.model, tuple(np.asarray(a)[index] for a in self.inputs),
-                                 np.asarray(self.targets)[index], steps=self.steps(size), keys=keys, **kwargs)
+                                 np.asarray(self.targets)[index], steps=steps, keys=keys, **kwargs)
             self.components.update(zip(group, unstack(out.tangent)))
 
     def vector(self) -> TangentVector:
