@@ -100,8 +100,8 @@ class ShardedComposition:
     components with equally many examples train together (``tangent.fit_components``).
     ``fit_kwargs``: ``optimizer``, ``loss``, ``batch_size``, ``penalty``... of
     ``tangent.fit_components`` (batch sizes are capped at a component's number of examples);
-    ``optimizer`` may be a function ``steps -> optimizer`` (e.g. ``Recipe.make_optimizer``, whose
-    schedule depends on the run's length).
+    ``optimizer`` and ``log_every`` may be functions of a component's steps (e.g.
+    ``Recipe.make_optimizer``, whose schedule depends on the run's length).
     """
 
     def __init__(self, model: TangentModel, graph: ShardGraph, inputs, targets, shards: Sequence,
@@ -135,8 +135,9 @@ class ShardedComposition:
             kwargs, steps = dict(self.fit_kwargs), self.steps(size)
             if kwargs.get("batch_size") is not None:
                 kwargs["batch_size"] = min(kwargs["batch_size"], size)
-            if callable(kwargs.get("optimizer")):
-                kwargs["optimizer"] = kwargs["optimizer"](steps)
+            for name in ("optimizer", "log_every"):
+                if callable(kwargs.get(name)):
+                    kwargs[name] = kwargs[name](steps)
             keys = jax.vmap(lambda i: jax.random.fold_in(self.key, i))(np.asarray(group))
             out = fit_components(self.model, tuple(np.asarray(a)[index] for a in self.inputs),
                                  np.asarray(self.targets)[index], steps=steps, keys=keys, **kwargs)

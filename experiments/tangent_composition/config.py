@@ -43,7 +43,7 @@ class Config:
     """TFDS split to train on (the validation examples are taken from its end)."""
     test_split: str = "test"
     """TFDS split to test on."""
-    limit: int | None = 8000
+    limit: int | None = 6000
     """Use a random subset of at most this many examples of each text corpus (None: all; Rotten
     Tomatoes has 12,752, BBC News 2,225), or of each TFDS split."""
     validation_fraction: float = 0.1
@@ -102,7 +102,7 @@ class Config:
     """Section 6: per-example gradient clipping norm C."""
     dp_delta: float = 1e-5
     """Section 6: the fixed delta of the (epsilon, delta) guarantee."""
-    dp_steps: int = 60
+    dp_steps: int = 40
     """Section 6: DP-SGD steps (per-example gradients through k blocks are slow on CPU)."""
     public_fraction: float = 0.1
     """Section 6, mixed privacy: fraction of the training data that is public (adapts the model

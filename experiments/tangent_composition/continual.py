@@ -10,7 +10,7 @@ import tangent
 from experiments.harness import markdown_table
 from experiments.tangent_composition import measure
 from experiments.tangent_composition.composition import mean_of_first
-from experiments.tangent_composition.training import NONLINEAR, TANGENT, Setup, _chunk, evaluate, fit_components
+from experiments.tangent_composition.training import NONLINEAR, TANGENT, Setup, chunk, evaluate, fit_components
 
 INTCL, SEQUENTIAL, TMC = "IntCL", "sequential FT + replay", "TMC (no replay)"
 
@@ -60,7 +60,7 @@ def run(setup: Setup) -> tuple[str, dict]:
                 setup.log(f"4/6 {method}, buffer {buffer}, seed {seed}")
                 out = tangent.fit_intcl(data.model(k, kind, seed), task_data, steps=steps, buffer_size=buffer,
                                         batch_size=c.batch_size, key=jax.random.key(seed), seed=seed,
-                                        log_every=_chunk(steps), progress=c.progress,
+                                        log_every=chunk(steps), progress=c.progress,
                                         **data.recipe.replace(learning_rate=lrs[kind]).fit_kwargs(steps))
                 after = [measure.logits(m, d, test_h) for m, d in zip(out.models, out.steps)]
                 summary = summarize(task_matrix(after, labels, tasks), labels, tasks)

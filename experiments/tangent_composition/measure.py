@@ -15,14 +15,21 @@ _apply = jax.jit(lambda model, d, h: model.apply_features(d, h))
 _apply_stacked = jax.jit(lambda model, ds, h: jax.vmap(lambda d: model.apply_features(d, h))(ds))
 
 
-def logits(model, d, features: tuple, *, stacked: bool = False, chunk: int = 2048) -> np.ndarray:
+def logits(model, d, features: tuple, *, stacked: bool = False, chunk: int = 256) -> np.ndarray:
     """``model.apply_features(d, h)``: (n, classes), or (K, n, classes) for a stacked (K, ...) ``d``;
-    ``chunk`` examples (``chunk / K`` when stacked) per call."""
+    ``chunk`` examples per call (``chunk / K`` when stacked), the last chunk padded with its first
+    example so that every call has the same shapes (one compilation per model, whatever n)."""
     n = len(features[0])
     if stacked:
         chunk = max(1, chunk // len(jax.tree.leaves(d)[0]))
     fn = _apply_stacked if stacked else _apply
-    parts = [np.asarray(fn(model, d, tuple(a[i:i + chunk] for a in features))) for i in range(0, n, chunk)]
+    parts = []
+    for i in range(0, n, chunk):
+        part = tuple(a[i:i + chunk] for a in features)
+        pad = chunk - len(part[0])
+        if pad:
+            part = tuple(np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) for a in part)
+        parts.append(np.asarray(fn(model, d, part))[..., :chunk - pad, :])
     return np.concatenate(parts, axis=-2)
 
 

@@ -81,7 +81,8 @@ class Setup:
     start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def log(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.start:5.0f} s] {message}", flush=True)
+        """Print ``message`` after the wall time and the process's CPU time (all threads) so far."""
+        print(f"[{time.perf_counter() - self.start:5.0f} s, cpu {time.process_time():5.0f} s] {message}", flush=True)
 
     @property
     def seeds(self) -> list[int]:
@@ -98,7 +99,7 @@ def kind_of(k: int, kind: str) -> str:
     return PROBE if k == 0 else kind
 
 
-def _chunk(steps: int) -> int:
+def chunk(steps: int) -> int:
     """The largest divisor of ``steps`` that is at most steps / 10: the steps per compiled call."""
     return next(c for c in range(max(1, steps // 10), 0, -1) if steps % c == 0)
 
@@ -115,7 +116,7 @@ def fit(setup: Setup, data: TaskData, k: int, kind: str, *, lr: float, seed: int
     steps = steps or data.steps_for(len(y))
     return tangent.fit(data.model(k, kind, seed), h, y, steps=steps, key=jax.random.key(seed),
                        batch_size=min(c.batch_size, len(y)), tangent=start, dp=dp, delta=delta,
-                       log_every=_chunk(steps), progress=c.progress,
+                       log_every=chunk(steps), progress=c.progress,
                        **data.recipe.replace(learning_rate=lr).fit_kwargs(steps))
 
 
@@ -131,7 +132,7 @@ def fit_components(setup: Setup, data: TaskData, k: int, kind: str, *, lr: float
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
     out = tangent.fit_components(data.model(k, kind, seed), tuple(a[index] for a in h), y[index], steps=steps,
                                  keys=keys, batch_size=min(c.batch_size, index.shape[1]),
-                                 log_every=_chunk(steps), progress=c.progress,
+                                 log_every=chunk(steps), progress=c.progress,
                                  **data.recipe.replace(learning_rate=lr).fit_kwargs(steps))
     return out.tangent
 
