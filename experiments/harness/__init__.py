@@ -1,8 +1,9 @@
-"""Training harness shared by the experiments: configs, jit-compiled training, results, checkpoints, sharding."""
+"""Training harness shared by the experiments: configs and their validation, jit-compiled training,
+results, checkpoints, sharding."""
 
 from experiments.harness.checkpoint import Checkpointer
 from experiments.harness.config import apply_overrides, field_docs, help_text, parse_args
-from experiments.harness.results import Results, markdown_table
+from experiments.harness.results import Results, atomic_write, markdown_table
 from experiments.harness.sharding import (
     make_mesh,
     replicate,
@@ -11,12 +12,15 @@ from experiments.harness.sharding import (
     tree_shardings,
 )
 from experiments.harness.train import TrainState, evaluate, fit, make_train_step
+from experiments.harness.validation import check_fields
 
 __all__ = [
     "Checkpointer",
     "Results",
     "TrainState",
     "apply_overrides",
+    "atomic_write",
+    "check_fields",
     "evaluate",
     "field_docs",
     "fit",

@@ -66,9 +66,10 @@ def parse_value(name: str, text: str, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if text.lower() == "none" and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return parse_value(name, text, inner)
-    if origin is tuple:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return parse_value(name, text, inner[0])
+    elif origin is tuple:
         item = args[0] if args else str
         parts = [p.strip() for p in text.split(",") if p.strip()]
         return tuple(parse_value(name, p, item) for p in parts)

@@ -4,14 +4,22 @@
     folder/metrics.jsonl   one JSON object per line, e.g. {"run": "mamba", "step": 100, "loss": 1.2}
     folder/results.md      Markdown sections (title, text, tables) written by the experiment
     folder/*.png           plots (matplotlib, Agg backend: no display needed)
+
+A kill at any moment leaves every file either as it was or as newly written: whole files are written
+to a temporary file in the same folder and renamed over the old one (`atomic_write`), and metrics are
+appended one complete line per record. A truncated last record (a kill during an append) is ignored
+with a warning, and dropped from the file by the next append.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 import pathlib
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,13 +43,34 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], floatfm
     return "\n".join(lines)
 
 
+def atomic_write(path: str | pathlib.Path, data: str | bytes) -> None:
+    """Replace the file `path` by `data` in one step: write a temporary file next to it, flush it to
+    disk, then `os.replace` it over `path` (a reader, or a kill, never sees a partial file)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Results:
-    """Writes into `path` (created if missing); appending metrics survives restarts."""
+    """Writes into `path`; the folder is created by the first write, not by the constructor (so an
+    experiment can open its results, validate its config and only then write). Appending metrics
+    survives restarts."""
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
+        self._tail_checked = False  # whether a truncated last record was looked for before appending
+
+    def _file(self, name: str) -> pathlib.Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.path / name
 
     def write_config(self, config: Any) -> None:
         """config.json: the dataclass `config` plus where and how it ran."""
@@ -51,27 +80,85 @@ class Results:
             "jax_version": jax.__version__,
             "devices": [str(d) for d in jax.devices()],
         }
-        (self.path / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write(self._file("config.json"), json.dumps(record, indent=2, default=str) + "\n")
+
+    def read_config(self) -> dict | None:
+        """What `write_config` wrote ({"config": {...}, "command": ..., ...}), or None if there is none.
+
+        Our choice: a config.json that is not valid JSON (truncated by an older, non-atomic write or
+        edited by hand) is treated as missing, with a warning, so that a rerun can start and rewrite it.
+        """
+        path = self.path / "config.json"
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text(errors="replace"))
+        except json.JSONDecodeError as e:
+            warnings.warn(f"{path} is truncated or corrupt ({e}); treated as missing, so the settings of "
+                          "earlier runs in this folder are not known", stacklevel=2)
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+            warnings.warn(f"{path} holds no config record; treated as missing", stacklevel=2)
+            return None
+        return record
 
     def log(self, record: Mapping[str, Any]) -> None:
-        """Append one metrics record (JSON-serialisable values; numpy scalars are converted)."""
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+        """Append one metrics record (JSON-serialisable values; numpy scalars are converted) as one
+        complete line, flushed to disk. The first append drops a truncated last record, if any."""
+        line = json.dumps({k: _plain(v) for k, v in record.items()}) + "\n"
+        if not self._tail_checked and self.metrics_path.exists():
+            text = self.metrics_path.read_text(errors="replace")
+            records, complete = self._parse(text)
+            if not complete or (text and not text.endswith("\n")):
+                self._write_metrics(records)
+        self._tail_checked = True
+        with self._file(self.metrics_path.name).open("a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict]:
+        """The logged records, in order. A truncated or corrupt last line is ignored with a warning
+        naming the file and line; a corrupt line before it is a ValueError naming the line."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        return self._parse(self.metrics_path.read_text(errors="replace"))[0]
 
     def drop_metrics(self, run: str, after_step: int) -> None:
         """Forget the records of `run` logged after `after_step` (they are recomputed on resume)."""
         kept = [r for r in self.read_metrics() if not (r.get("run") == run and r.get("step", -1) > after_step)]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._write_metrics(kept)
+
+    def _write_metrics(self, records: Sequence[Mapping[str, Any]]) -> None:
+        atomic_write(self._file(self.metrics_path.name), "".join(json.dumps(r) + "\n" for r in records))
+        self._tail_checked = True
+
+    def _parse(self, text: str) -> tuple[list[dict], bool]:
+        """(records, whether the last line was a complete record) of the metrics file's `text`."""
+        lines = text.splitlines()
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        records = []
+        for i, line in enumerate(lines[: last + 1]):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif i < last:
+                raise ValueError(f"{self.metrics_path}, line {i + 1}: not a JSON record: {line[:80]!r}")
+            else:
+                warnings.warn(f"{self.metrics_path}, line {i + 1}: truncated or corrupt last record "
+                              f"{line[:80]!r} ignored", stacklevel=3)
+                return records, False
+        return records, True
 
     def write_markdown(self, sections: Sequence[str], name: str = "results.md") -> pathlib.Path:
         """Write the Markdown `sections` (joined by blank lines) to `name`."""
-        out = self.path / name
-        out.write_text("\n\n".join(s.strip() for s in sections) + "\n")
+        out = self._file(name)
+        atomic_write(out, "\n\n".join(s.strip() for s in sections) + "\n")
         return out
 
     def plot(
@@ -101,9 +188,11 @@ class Results:
         if suptitle:
             fig.suptitle(suptitle)
         fig.tight_layout()
-        out = self.path / f"{name}.png"
-        fig.savefig(out, dpi=120)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=120)
         plt.close(fig)
+        out = self._file(f"{name}.png")
+        atomic_write(out, png.getvalue())
         return out
 
 

@@ -9,6 +9,7 @@ The pieces an experiment supplies:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -80,6 +81,15 @@ def fit(
     by `param_rule` (default: replicated). Every `log_every` steps the metrics averaged since the last
     log are written to `results` (with "run", "step", "examples_per_s") and shown on the progress bar.
     A checkpoint is saved every `checkpoint_every` steps and at the end.
+
+    Resuming: from the last completely written checkpoint (an interrupted save is discarded), printing
+    which step; the records of `run` in `results` after that step (all of them when starting from
+    step 0) are dropped first, so a rerun never duplicates a record.
+
+    Step N is the N-th optimizer step, numbered as in the metrics records. A non-finite loss raises
+    FloatingPointError("run 'NAME': loss is nan at step N") at the first log boundary (every
+    `log_every` steps) or checkpoint save after step N, whichever comes first, using the metrics
+    fetched there anyway (no extra device sync): no record and no checkpoint holds a later step.
     """
     if steps < 0 or log_every < 1:
         raise ValueError(f"fit needs steps >= 0 and log_every >= 1; got steps={steps}, log_every={log_every}")
@@ -91,11 +101,16 @@ def fit(
     ckpt = Checkpointer(checkpoint_dir, checkpoint_every) if checkpoint_dir else None
     try:
         start = 0
-        if ckpt is not None and ckpt.latest_step() is not None:
-            state, meta = ckpt.restore(state)
-            start = int(meta["data_position"])
-            if results is not None:
-                results.drop_metrics(run, start)
+        if ckpt is not None:
+            if ckpt.discarded:
+                print(f"{run}: discarded incomplete checkpoints {', '.join(ckpt.discarded)} "
+                      f"in {ckpt.directory}")
+            if ckpt.latest_step() is not None:
+                state, meta = ckpt.restore(state)
+                start = int(meta["data_position"])
+                print(f"{run}: resumed from step {start} (checkpoint in {ckpt.directory})")
+        if results is not None:
+            results.drop_metrics(run, start)
         step_fn = jax.jit(
             train_step,
             in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
@@ -110,8 +125,12 @@ def fit(
             state, metrics = step_fn(state, sharding_lib.shard_batch(batch, mesh))
             pending.append(metrics)
             done = step + 1
-            if done % log_every == 0 or done == steps:
-                means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+            log_now = done % log_every == 0 or done == steps
+            if log_now or (ckpt is not None and ckpt.due(done)):
+                pending = jax.device_get(pending)
+                _check_finite(pending, done - len(pending), run)
+            if log_now:
+                means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
                 rate = examples / (time.perf_counter() - tic)
                 bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f"{rate:.0f}")
                 if results is not None:
@@ -125,6 +144,15 @@ def fit(
         if ckpt is not None:
             ckpt.close()
     return state
+
+
+def _check_finite(metrics: list[dict], first: int, run: str) -> None:
+    """FloatingPointError naming `run` and the step if a loss in `metrics` (host values of steps
+    first + 1, first + 2, ...) is NaN or infinite."""
+    for i, m in enumerate(metrics):
+        loss = float(m["loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"run {run!r}: loss is {loss} at step {first + i + 1}")
 
 
 def evaluate(
