@@ -9,10 +9,10 @@ also before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import math
 import pathlib
 
 import tangent
+from experiments.harness import check_fields
 
 TEXT_DATASETS = ("rotten_tomatoes", "bbc_news")
 SECTIONS = ("taft", "tmc", "forgetting", "intcl", "safe", "dp")
@@ -130,61 +130,38 @@ def _fail(name: str, value, expected: str):
     raise ValueError(f"Config.{name} = {value!r}; expected {expected}")
 
 
-def _positive_int(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(name, value, "a positive integer")
-
-
-def _positive_float(config, *names):
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            _fail(name, value, "a positive finite number")
-
-
 def _check(c: Config) -> None:
-    _positive_int(c, "steps", "class_steps", "batch_size", "seeds", "max_length", "dp_steps",
-                  "eval_batch", "repeats")
-    _positive_float(c, "dp_clip")
-    for name in ("learning_rates", "nonlinear_learning_rates", "probe_learning_rates", "dp_noise"):
-        values = getattr(c, name)
-        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                math.isfinite(v) and v > 0) for v in values):
-            _fail(name, values, "one or more positive finite numbers")
-    for name in ("limit", "layers"):
-        value = getattr(c, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            _fail(name, value, "None or a positive integer")
+    check_fields(c, positive=("steps", "class_steps", "batch_size", "seeds", "max_length", "dp_steps", "eval_batch",
+                              "repeats", "limit", "layers", "dp_clip", "learning_rates", "nonlinear_learning_rates",
+                              "probe_learning_rates", "dp_noise", "validation_fraction", "test_fraction",
+                              "public_fraction", "dp_delta"),
+                 nonnegative=("k", "forget", "buffer_sizes", "graph_degrees"),
+                 finite=("dp_clip", "learning_rates", "nonlinear_learning_rates", "probe_learning_rates", "dp_noise"),
+                 probability=("validation_fraction", "test_fraction", "public_fraction", "dp_delta"),
+                 choices={"recipe": tangent.RECIPES, "class_recipe": tangent.RECIPES})
+    for name in ("learning_rates", "nonlinear_learning_rates", "probe_learning_rates", "dp_noise", "sections",
+                 "taft_blocks", "shards", "class_tasks", "buffer_sizes", "graph_degrees"):
+        if not getattr(c, name):
+            _fail(name, getattr(c, name), "at least one entry")
     for name in ("validation_fraction", "test_fraction", "public_fraction", "dp_delta"):
-        value = getattr(c, name)
-        if not (isinstance(value, (int, float)) and 0 < value < 1):
-            _fail(name, value, "a number in (0, 1)")
+        if getattr(c, name) >= 1:
+            _fail(name, getattr(c, name), "a number in (0, 1)")
     if c.validation_fraction + c.test_fraction >= 1:
         _fail("test_fraction", c.test_fraction, f"a fraction leaving training data beside "
               f"validation_fraction = {c.validation_fraction}")
     if c.max_length < 2:
         _fail("max_length", c.max_length, "at least 2 ([CLS] and [SEP])")
-    for name in ("recipe", "class_recipe"):
-        if getattr(c, name) not in tangent.RECIPES:
-            _fail(name, getattr(c, name), f"one of {', '.join(tangent.RECIPES)}")
-    if not c.taft_blocks or any(t != "all" and not (t.isdigit() and int(t) >= 1) for t in c.taft_blocks):
-        _fail("taft_blocks", c.taft_blocks, "one or more of 'all' and positive integers")
-    if isinstance(c.k, bool) or not isinstance(c.k, int) or c.k < 0:
-        _fail("k", c.k, "an integer >= 0 (0: the head alone)")
-    if not c.shards or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in c.shards):
-        _fail("shards", c.shards, "one or more integers >= 2")
-    if not c.class_tasks or any(isinstance(t, bool) or not isinstance(t, int) or t < 2 for t in c.class_tasks):
-        _fail("class_tasks", c.class_tasks, "one or more integers >= 2")
-    if not isinstance(c.forget, int) or not 0 <= c.forget < c.shards[0]:
+    if any(t != "all" and not (t.isdigit() and int(t) >= 1) for t in c.taft_blocks):
+        _fail("taft_blocks", c.taft_blocks, "'all' or positive integers")
+    if any(s < 2 for s in c.shards):
+        _fail("shards", c.shards, "integers >= 2")
+    if any(t < 2 for t in c.class_tasks):
+        _fail("class_tasks", c.class_tasks, "integers >= 2")
+    if c.forget >= c.shards[0]:
         _fail("forget", c.forget, f"the index of one of the shards[0] = {c.shards[0]} shards")
-    if not c.buffer_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in c.buffer_sizes):
-        _fail("buffer_sizes", c.buffer_sizes, "one or more integers >= 0")
-    if not c.graph_degrees or any(isinstance(g, bool) or not isinstance(g, int) or g < 0 or g % 2
-                                  or g >= c.shards[0] for g in c.graph_degrees):
+    if any(g % 2 or g >= c.shards[0] for g in c.graph_degrees):
         _fail("graph_degrees", c.graph_degrees, f"even integers in [0, shards[0] = {c.shards[0]})")
-    if not c.sections or any(s not in SECTIONS for s in c.sections):
+    if any(s not in SECTIONS for s in c.sections):
         _fail("sections", c.sections, f"one or more of {', '.join(SECTIONS)}")
     for section in c.sections:
         if missing := [n for n in NEEDS[section] if n not in c.sections]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import pathlib
-import tempfile
 import time
+import warnings
 
 import tangent
-from experiments.harness import Results
+from experiments.harness import Results, atomic_write
 from experiments.tangent_composition import composition, continual, finetuning, privacy, unlearning
 from experiments.tangent_composition.config import (PRESENTATION, SAME, SECTIONS, Config, results_fields, taft_ks,
                                                      validate)
@@ -25,25 +24,21 @@ def results_folder(config: Config) -> pathlib.Path:
     return pathlib.Path("runs/tangent_composition") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _rewrite(path: pathlib.Path, records: list[dict]) -> None:
-    """Replace ``path`` by ``records`` as JSON lines, atomically (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
-
-
 def resume(folder: pathlib.Path, config: Config) -> dict[str, dict]:
     """The finished sections of an earlier run in ``folder`` ({name: its 'done' record}), after
-    dropping the records of unfinished ones. ValueError if the earlier run's settings differ in
-    anything that changes results; nothing is written before that check."""
-    path = folder / "config.json"
-    if not path.exists():
+    dropping the records of unfinished ones (metrics rewritten atomically). ValueError if the
+    earlier run's settings differ in anything that changes results; nothing is written before
+    that check. Records without a readable config.json are dropped (their settings are unknown)."""
+    results = Results(folder)
+    records = results.read_metrics()
+    earlier = results.read_config()
+    if earlier is None:
+        if records:
+            warnings.warn(f"{folder}: metrics without a readable config.json are dropped; starting afresh",
+                          stacklevel=2)
+            atomic_write(results.metrics_path, "")
         return {}
-    try:
-        earlier = json.loads(path.read_text())["config"]
-    except (json.JSONDecodeError, KeyError):
-        raise ValueError(f"{path} is unreadable (an interrupted write?); remove it, or use another --out") from None
+    earlier = earlier["config"]
     ours = json.loads(json.dumps(results_fields(config), default=str))
     changed = sorted(key for key in set(ours) | set(earlier)
                      if key not in (*PRESENTATION, "sections") and earlier.get(key) != ours.get(key))
@@ -51,10 +46,10 @@ def resume(folder: pathlib.Path, config: Config) -> dict[str, dict]:
         diffs = ", ".join(f"{key}: {earlier.get(key)!r} there, {ours.get(key)!r} now" for key in changed)
         raise ValueError(f"--out={str(folder)!r} holds a run with other settings ({diffs}); refusing to mix "
                          "results: use another --out, or the same settings to resume")
-    records = Results(folder).read_metrics() if (folder / "metrics.jsonl").exists() else []
     done = {r["section"]: r for r in records if r.get("done")}
-    _rewrite(folder / "metrics.jsonl", [r for r in records if r.get("section") in done
-                                        or r.get("section", "").split("_")[0] in done])
+    kept = [r for r in records if r.get("section", "").split("_")[0] in done]
+    if len(kept) < len(records):
+        atomic_write(results.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
     return done
 
 
