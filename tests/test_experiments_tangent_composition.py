@@ -16,6 +16,7 @@ from experiments.data import bbc_news, rotten_tomatoes
 from experiments.harness import parse_args
 from experiments.tangent_composition import PRESETS, Config, main, run
 from experiments.tangent_composition.composition import forget
+from experiments.tangent_composition.continual import summarize, task_matrix
 from experiments.tangent_composition.experiment import resume
 from experiments.tangent_composition.measure import class_tasks, logits, shard_indices, task_accuracy
 from experiments.tangent_composition.task import Nonlinear, taft_model, vit_task
@@ -158,6 +159,17 @@ def test_shards_tasks_and_task_accuracy():
     # Task-incremental: argmax among the example's own task's classes only.
     logits_ = np.array([[0, 5, 1, 9, 0], [0, 0, 0, 1, 2.0]])
     assert task_accuracy(logits_, np.array([1, 4]), tasks) == 1.0
+
+
+def test_continual_accuracy_and_forgetting_by_hand():
+    labels = np.array([0, 0, 1, 1, 1, 2])  # tasks {0}, {1, 2}: 2 and 4 test examples
+    tasks = [[0], [1, 2]]
+    after_first = np.array([[1, 0, 0]] * 6, float)  # predicts class 0 everywhere
+    after_second = np.eye(3)[[0, 1, 1, 1, 2, 2]]  # task 0: 1 of 2 right; task 1: 3 of 4 right
+    a = task_matrix([after_first, after_second], labels, tasks)
+    np.testing.assert_allclose(a, [[1.0, np.nan], [0.5, 0.75]])
+    out = summarize(a, labels, tasks)
+    assert out["seen_acc"] == [1.0, (0.5 * 2 + 0.75 * 4) / 6] and out["forgetting"] == 0.5
 
 
 @pytest.mark.parametrize("argv, message", [
