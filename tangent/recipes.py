@@ -17,7 +17,10 @@ import dataclasses
 import enum
 import functools
 import math
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from tangent.losses import RescaledSquareLoss, get
@@ -64,19 +67,26 @@ class Recipe:
         """The loss: ``RescaledSquareLoss(kappa, beta)`` for 'rsl', else ``LOSSES[loss]``."""
         return RescaledSquareLoss(self.kappa, self.beta) if self.loss == "rsl" else get(self.loss)
 
-    def schedule(self, steps: int) -> optax.Schedule:
-        """The learning rate at each step: ``learning_rate * decay_factor^(#boundaries passed)``,
-        boundaries at ``round(f * steps)`` for ``f`` in ``decay_at``."""
-        boundaries = {}
-        for fraction in self.decay_at:
-            step = max(1, round(fraction * steps))
-            boundaries[step] = boundaries.get(step, 1.0) * self.decay_factor
-        return optax.piecewise_constant_schedule(self.learning_rate, boundaries)
-
     def make_optimizer(self, steps: int) -> optax.GradientTransformation:
-        """The optax optimizer for a run of ``steps`` steps (the same object for equal arguments,
-        so that ``tangent.fit`` reuses its compiled training loop)."""
-        return _optimizer(self, steps)
+        """The optax optimizer for a run of ``steps`` steps: AdamW (Adam, SGD) directions, scaled
+        by ``-learning_rate * decay_factor^(boundaries passed)``, boundaries at
+        ``round(f * steps)`` for ``f`` in ``decay_at``.
+
+        The learning rate and the boundaries live in the optimizer state, not in its update
+        function: recipes that differ only in them (a learning-rate grid, runs of other lengths)
+        share one ``update``, and ``tangent.fit`` compiles its training loop once for all of them.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps={steps!r}: expected a positive integer")
+        base = _base_optimizer(self.optimizer, self.weight_decay, self.decay_factor, len(self.decay_at))
+        boundaries = jnp.asarray([max(1, round(f * steps)) for f in self.decay_at], jnp.int32)
+        step_size = jnp.asarray(-self.learning_rate, jnp.float32)
+
+        def init(params):
+            *inner, decay = base.init(params)
+            return (*inner, decay._replace(boundaries=boundaries, step_size=step_size))
+
+        return optax.GradientTransformation(init, base.update)
 
     def fit_kwargs(self, steps: int) -> dict:
         """``loss``, ``optimizer`` and ``penalty`` for ``tangent.fit``/``fit_components``."""
@@ -90,16 +100,39 @@ def _check(name: str, value, *, positive: bool) -> None:
                          "finite number")
 
 
-@functools.lru_cache(maxsize=256)
-def _optimizer(recipe: Recipe, steps: int) -> optax.GradientTransformation:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}: expected a positive integer")
-    rate = recipe.schedule(steps)
-    if recipe.optimizer is Optimizer.ADAM:
-        return optax.adam(rate)
-    if recipe.optimizer is Optimizer.ADAMW:
-        return optax.adamw(rate, weight_decay=recipe.weight_decay)
-    return optax.sgd(rate)
+class StepDecayState(NamedTuple):
+    count: jax.Array  # int32: steps taken
+    boundaries: jax.Array  # int32 (len(decay_at),)
+    step_size: jax.Array  # float32: -learning_rate
+
+
+def _scale_by_step_decay(factor: float, num_boundaries: int) -> optax.GradientTransformation:
+    """``updates * step_size * factor^#{b : count >= b}``, with ``step_size`` and the boundaries
+    read from the state (set by ``Recipe.make_optimizer``)."""
+
+    def init(params):
+        del params
+        return StepDecayState(jnp.zeros([], jnp.int32), jnp.zeros([num_boundaries], jnp.int32),
+                              jnp.zeros([], jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        scale = state.step_size * factor ** jnp.sum(state.count >= state.boundaries)
+        updates = jax.tree.map(lambda u: (scale * u).astype(u.dtype), updates)
+        return updates, state._replace(count=state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_optimizer(optimizer: Optimizer, weight_decay: float, decay_factor: float,
+                    num_boundaries: int) -> optax.GradientTransformation:
+    """The update directions of ``optimizer`` (AdamW: Adam plus ``weight_decay * w``, scaled with
+    the rate as in PyTorch and optax), then the step decay; one object per structure."""
+    direction = {Optimizer.ADAM: [optax.scale_by_adam()],
+                 Optimizer.ADAMW: [optax.scale_by_adam(), optax.add_decayed_weights(weight_decay)],
+                 Optimizer.SGD: []}[optimizer]
+    return optax.chain(*direction, _scale_by_step_decay(decay_factor, num_boundaries))
 
 
 RECIPES = {

@@ -53,7 +53,7 @@ def norm_penalty(d) -> jax.Array:
 
 
 def _run(model: TangentModel, d, opt_state, features, targets, key, first_step, probs, *,
-         loss_fn: Callable, optimizer: optax.GradientTransformation, n_steps: int,
+         loss_fn: Callable, update: optax.TransformUpdateFn, n_steps: int,
          batch_size: int | None, dp: DPSGD | None, penalty: float):
     """``n_steps`` optimizer steps from step number ``first_step``; returns (d, opt_state, losses).
     ``probs``: (n,) sampling probabilities of the examples, or None (uniform)."""
@@ -77,7 +77,7 @@ def _run(model: TangentModel, d, opt_state, features, targets, key, first_step, 
             value, penalty_grads = jax.value_and_grad(norm_penalty)(d)
             loss = loss + penalty * value
             grads = jax.tree.map(lambda g, p: g + penalty * p, grads, penalty_grads)
-        updates, opt_state = optimizer.update(grads, opt_state, d)
+        updates, opt_state = update(grads, opt_state, d)
         return (optax.apply_updates(d, updates), opt_state), loss
 
     steps = first_step + jnp.arange(n_steps)
@@ -86,18 +86,20 @@ def _run(model: TangentModel, d, opt_state, features, targets, key, first_step, 
 
 
 def _compiled(loss_fn, optimizer, batch_size, dp, penalty, vmapped: bool):
-    """``_jitted_run`` cached by its settings when they are hashable (optax optimizers are)."""
+    """``_jitted_run`` cached by its settings when they are hashable. Only the optimizer's
+    ``update`` is traced (``init`` runs before), so optimizers sharing it share the compilation
+    (e.g. ``Recipe.make_optimizer`` for any learning rate)."""
     try:
-        return _jitted_run(loss_fn, optimizer, batch_size, dp, penalty, vmapped)
+        return _jitted_run(loss_fn, optimizer.update, batch_size, dp, penalty, vmapped)
     except TypeError:  # unhashable settings: compile without the cache
-        return _jitted_run.__wrapped__(loss_fn, optimizer, batch_size, dp, penalty, vmapped)
+        return _jitted_run.__wrapped__(loss_fn, optimizer.update, batch_size, dp, penalty, vmapped)
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_run(loss_fn, optimizer, batch_size, dp, penalty, vmapped: bool):
+def _jitted_run(loss_fn, update, batch_size, dp, penalty, vmapped: bool):
     """The jitted ``_run`` (vmapped over components if asked), cached so that repeated fits
-    with the same loss, optimizer and settings (e.g. one per shard) compile once."""
-    run = functools.partial(_run, loss_fn=loss_fn, optimizer=optimizer, batch_size=batch_size, dp=dp,
+    with the same loss, optimizer update and settings (e.g. one per shard) compile once."""
+    run = functools.partial(_run, loss_fn=loss_fn, update=update, batch_size=batch_size, dp=dp,
                             penalty=penalty)
 
     def run_all(model, d, opt_state, f, y, key, first, probs, *, n_steps):
@@ -108,11 +110,16 @@ def _jitted_run(loss_fn, optimizer, batch_size, dp, penalty, vmapped: bool):
 
 
 _features = jax.jit(lambda model, *inputs: model.features(*inputs))
+_component_features = jax.jit(lambda model, *inputs: jax.vmap(model.features)(*inputs))
+
+
+def _as_tuple(inputs) -> tuple:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
 def compute_features(model: TangentModel, inputs, chunk: int = 1024):
     """``model.features(*inputs)`` over the leading (example) axis, ``chunk`` examples per call."""
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    inputs = _as_tuple(inputs)
     n = inputs[0].shape[0]
     parts = [_features(model, *_take(inputs, slice(i, i + chunk))) for i in range(0, n, chunk)]
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
@@ -193,16 +200,17 @@ def _sampling_probs(sample_weights, n: int, dp) -> jax.Array | None:
 def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransformation,
         steps: int, loss: str | Callable = "cross_entropy", batch_size: int | None = None,
         key: jax.Array | None = None, tangent=None, dp: DPSGD | None = None,
-        delta: float | None = None, penalty: float = 0.0, sample_weights=None,
+        delta: float | None = None, penalty: float = 0.0, sample_weights=None, precomputed: bool = False,
         log_every: int | None = None, progress: bool = False) -> FitResult:
     """Train a tangent vector from ``tangent`` (default zeros) on ``(inputs, targets)``.
 
     ``inputs``: an array (examples, ...) or a tuple of such arrays (the model's positional
     inputs); ``targets``: (examples, ...). ``penalty``: the weight of ``||d||_2`` in the loss.
     ``sample_weights`` (examples,): draw minibatches with probabilities proportional to them
-    (e.g. to mix a replay buffer into each batch). ``dp``: DP-SGD settings; with ``delta`` the
-    result carries the epsilon of what ran (``tangent.privacy``). Every argument is checked
-    before any training.
+    (e.g. to mix a replay buffer into each batch). ``precomputed``: ``inputs`` are already the
+    features ``model.features(x)`` (e.g. from ``compute_features``, shared by many fits). ``dp``:
+    DP-SGD settings; with ``delta`` the result carries the epsilon of what ran
+    (``tangent.privacy``). Every argument is checked before any training.
     """
     n = _check_data(inputs, targets, ())
     _check_batch(batch_size, n)
@@ -218,7 +226,7 @@ def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransf
     probs = _sampling_probs(sample_weights, n, dp)
     key = jax.random.key(0) if key is None else key
     d = model.zeros() if tangent is None else model.as_vector(tangent)
-    features = compute_features(model, inputs)
+    features = _as_tuple(inputs) if precomputed else compute_features(model, inputs)
     run = _compiled(losses_lib.get(loss), optimizer, batch_size, dp, float(penalty), vmapped=False)
 
     carry = (d, optimizer.init(d), features, targets, key)
@@ -233,13 +241,14 @@ def fit(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransf
 def fit_components(model: TangentModel, inputs, targets, *, optimizer: optax.GradientTransformation,
                    steps: int, loss: str | Callable = "cross_entropy", batch_size: int | None = None,
                    keys: jax.Array | None = None, tangents=None, dp: DPSGD | None = None,
-                   penalty: float = 0.0, mesh: jax.sharding.Mesh | None = None,
+                   penalty: float = 0.0, precomputed: bool = False, mesh: jax.sharding.Mesh | None = None,
                    log_every: int | None = None, progress: bool = False) -> FitResult:
     """Train K components at once: ``inputs``/``targets`` are (K, examples, ...), ``keys``
     (K,) (default ``split(key(0), K)``), ``tangents`` stacked (K, ...) (default zeros).
 
     Equal to K calls of ``fit`` with ``key=keys[k]``. ``mesh``: a ``jax.sharding.Mesh``
     with a ``components`` axis whose size divides K; the components are spread over it.
+    ``precomputed``: ``inputs`` are already the (K, examples, ...) features.
     """
     _check_batch(batch_size, _check_data(inputs, targets, (0,)))
     _check_steps(steps, log_every, penalty)
@@ -247,8 +256,8 @@ def fit_components(model: TangentModel, inputs, targets, *, optimizer: optax.Gra
     keys = jax.random.split(jax.random.key(0), k) if keys is None else keys
     if tangents is None:
         tangents = jax.tree.map(lambda z: jnp.zeros((k,) + z.shape, z.dtype), model.zeros())
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    features = jax.jit(jax.vmap(lambda m, *x: m.features(*x), in_axes=(None,) + (0,) * len(inputs)))(model, *inputs)
+    inputs = _as_tuple(inputs)
+    features = inputs if precomputed else _component_features(model, *inputs)
     opt_state = jax.vmap(optimizer.init)(tangents)
     carry = (tangents, opt_state, features, targets, keys)
     if mesh is not None:

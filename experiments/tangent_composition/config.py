@@ -66,11 +66,11 @@ class Config:
     The learning rate is chosen on validation from the grids below."""
     class_recipe: str = "tmc_class"
     """Training recipe of --class_dataset."""
-    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     """Learning rates tried for TAFT-k tangent vectors (k >= 1), chosen by validation accuracy."""
-    nonlinear_learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    nonlinear_learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     """Learning rates tried for non-linear fine-tuning."""
-    probe_learning_rates: tuple[float, ...] = (1e-2, 3e-2, 0.1)
+    probe_learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     """Learning rates tried for the linear probe (the head alone)."""
     seeds: int = 3
     """Seeds (seed, seed + 1, ...) of every compared method: head initialisation, shards, minibatches;

@@ -60,7 +60,7 @@ def run(setup: Setup) -> tuple[str, dict]:
                 setup.log(f"4/6 {method}, buffer {buffer}, seed {seed}")
                 out = tangent.fit_intcl(data.model(k, kind, seed), task_data, steps=steps, buffer_size=buffer,
                                         batch_size=c.batch_size, key=jax.random.key(seed), seed=seed,
-                                        log_every=chunk(steps), progress=c.progress,
+                                        precomputed=True, log_every=chunk(steps), progress=c.progress,
                                         **data.recipe.replace(learning_rate=lrs[kind]).fit_kwargs(steps))
                 after = [measure.logits(m, d, test_h) for m, d in zip(out.models, out.steps)]
                 summary = summarize(task_matrix(after, labels, tasks), labels, tasks)

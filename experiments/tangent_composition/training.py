@@ -116,7 +116,7 @@ def fit(setup: Setup, data: TaskData, k: int, kind: str, *, lr: float, seed: int
     steps = steps or data.steps_for(len(y))
     return tangent.fit(data.model(k, kind, seed), h, y, steps=steps, key=jax.random.key(seed),
                        batch_size=min(c.batch_size, len(y)), tangent=start, dp=dp, delta=delta,
-                       log_every=chunk(steps), progress=c.progress,
+                       precomputed=True, log_every=chunk(steps), progress=c.progress,
                        **data.recipe.replace(learning_rate=lr).fit_kwargs(steps))
 
 
@@ -131,7 +131,7 @@ def fit_components(setup: Setup, data: TaskData, k: int, kind: str, *, lr: float
     ids = jnp.arange(len(index)) if ids is None else jnp.asarray(ids)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(ids)
     out = tangent.fit_components(data.model(k, kind, seed), tuple(a[index] for a in h), y[index], steps=steps,
-                                 keys=keys, batch_size=min(c.batch_size, index.shape[1]),
+                                 keys=keys, batch_size=min(c.batch_size, index.shape[1]), precomputed=True,
                                  log_every=chunk(steps), progress=c.progress,
                                  **data.recipe.replace(learning_rate=lr).fit_kwargs(steps))
     return out.tangent

@@ -32,7 +32,7 @@ def run(setup: Setup) -> tuple[str, dict]:
             safe = tangent.ShardedComposition(
                 data.model(k, TANGENT, seed), graph, data.h(k), data.labels(), list(index), steps=data.steps_for,
                 key=jax.random.key(seed), batch_size=c.batch_size, progress=c.progress, loss=recipe.loss_fn(),
-                optimizer=recipe.make_optimizer, penalty=recipe.penalty, log_every=chunk)
+                optimizer=recipe.make_optimizer, penalty=recipe.penalty, log_every=chunk, precomputed=True)
             accs.append(measure.accuracy(measure.logits(safe.model, safe.vector(), test_h), labels))
             if seed == setup.seeds[0]:  # forget one example and time the retraining
                 example = int(index[c.forget][0])
