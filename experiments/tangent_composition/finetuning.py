@@ -47,7 +47,7 @@ def run(setup: Setup, ks: list[int]) -> tuple[str, dict]:
                                "validation": out["validation"], "test_acc": out["test"], "params": params,
                                "ms_per_step": out["ms_per_step"], "gflops_per_step": gflops})
             grid = ", ".join(f"{lr}: {acc:.3f}" for lr, acc in out["validation"].items())
-            rows.append([name, f"{params:,}", measure.pm(out["test"]), grid, out["lr"],
+            rows.append([name, f"{params:,}", measure.pm(out["test"]), grid, f"{out['lr']:g}",
                          out["ms_per_step"], f"{gflops:.3g}"])
             curves[name] = out["losses"]
     majority = float(np.mean(data.labels("test") == np.bincount(data.labels()).argmax()))
