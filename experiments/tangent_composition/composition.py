@@ -26,17 +26,20 @@ def mean_of_first(stacked, n: int) -> tangent.TangentVector:
 
 
 def composed_logits(data: TaskData, k: int, seed: int, vectors, nl_vectors, num: int) -> tuple[list[dict], float]:
-    """Test logits of the first n = 1 .. num components: TMC (one tangent model at the mean
-    vector), the non-linear ensemble (mean of the members' logits) and the soup (mean weights);
-    and the max abs gap between the composition of all and the mean of their logits (linearity)."""
+    """Test logits of the first n = 1 .. num components: TMC, the non-linear ensemble (mean of the
+    members' logits) and the soup (mean weights, evaluated at n = num; at n = 1 it is the first
+    member; None between). TMC of n < num is the mean of its members' tangent logits, which is
+    the composed model's output by linearity; at n = num the composed vector itself is evaluated,
+    and the max abs gap to the mean of the members' logits is returned (0 up to rounding)."""
     members = evaluate(data, k, NONLINEAR, seed, nl_vectors, stacked=True)
-    out = [{"TMC composition": evaluate(data, k, TANGENT, seed, mean_of_first(vectors, n)),
-            "non-linear ensemble": members[:n].mean(0),
-            "non-linear soup": evaluate(data, k, NONLINEAR, seed, mean_of_first(nl_vectors, n))}
-           for n in range(1, num + 1)]
     tangent_members = evaluate(data, k, TANGENT, seed, vectors, stacked=True)
-    gap = float(np.max(np.abs(out[-1]["TMC composition"] - tangent_members.mean(0))))
-    return out, gap
+    composed = evaluate(data, k, TANGENT, seed, mean_of_first(vectors, num))
+    soup = evaluate(data, k, NONLINEAR, seed, mean_of_first(nl_vectors, num))
+    out = [{"TMC composition": composed if n == num else tangent_members[:n].mean(0),
+            "non-linear ensemble": members[:n].mean(0),
+            "non-linear soup": soup if n == num else members[0] if n == 1 else None}
+           for n in range(1, num + 1)]
+    return out, float(np.max(np.abs(composed - tangent_members.mean(0))))
 
 
 def paragons(setup: Setup, data: TaskData, name: str, summary: dict | None) -> dict:
@@ -77,7 +80,7 @@ def run(setup: Setup) -> tuple[str, dict]:
                 for n, logits in enumerate(all_logits, 1):
                     seen = None if tasks is None else sorted(sum(tasks[:n], []))
                     keep = slice(None) if seen is None else np.isin(labels, seen)
-                    for m in METHODS:
+                    for m in (m for m in METHODS if logits[m] is not None):
                         acc = measure.accuracy(logits[m][keep], labels[keep], seen)
                         if n == num:
                             per_seed[m].append(acc)
@@ -110,9 +113,11 @@ components, each test example classified among its own task's classes. One compo
 task, all trained at once (`tangent.fit_components`), for as many epochs as one model on all data,
 with the learning rates chosen on validation for one model (section 1 for {main.task.name.split(' on ')[1]};
 chosen the same way here for {classes.task.name.split(' on ')[1]}: {summary['class_lr']}).
-TMC composition: the {name} components averaged into one tangent vector. Paragons: one {name} /
-one non-linear model on all the data. Non-linear ensemble: the average of the non-linear shard
-models' logits; soup: their weights averaged. TMC - ensemble in points of accuracy. Mean ± std
+TMC composition: the {name} components averaged into one tangent vector (in the plot, the
+composition of the first n components is scored through the mean of their tangent logits, equal
+by linearity; the last column checks it for all of them). Paragons: one {name} / one non-linear
+model on all the data. Non-linear ensemble: the average of the non-linear shard models' logits;
+soup: their weights averaged. TMC - ensemble in points of accuracy. Mean ± std
 over {c.seeds} seeds (shards, head initialisation, minibatches). The last column is the max abs
 difference between the composed model's logits and the mean of its components' logits (linearity).
 
@@ -130,8 +135,8 @@ Compiled GFLOPs (XLA) and median wall time.
         if num == max(c.shards if split == "data" else c.class_tasks):
             series = {}
             for m in METHODS:
-                by_n = [np.mean([a for s, n, a in curve[m] if n == i]) for i in range(1, num + 1)]
-                series[m] = (list(range(1, num + 1)), by_n)
+                points = sorted({n for _, n, _ in curve[m]})
+                series[m] = (points, [np.mean([a for _, n, a in curve[m] if n == i]) for i in points])
             panels.append({"title": f"{split}-incremental, {num} components", "xlabel": "components composed",
                            "ylabel": "test accuracy (seen classes)" if split == "class" else "test accuracy",
                            "series": series})

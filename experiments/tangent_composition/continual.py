@@ -9,7 +9,6 @@ import numpy as np
 import tangent
 from experiments.harness import markdown_table
 from experiments.tangent_composition import measure
-from experiments.tangent_composition.composition import mean_of_first
 from experiments.tangent_composition.training import NONLINEAR, TANGENT, Setup, chunk, evaluate, fit_components
 
 INTCL, SEQUENTIAL, TMC = "IntCL", "sequential FT + replay", "TMC (no replay)"
@@ -17,15 +16,22 @@ INTCL, SEQUENTIAL, TMC = "IntCL", "sequential FT + replay", "TMC (no replay)"
 
 def task_matrix(logits_after: list[np.ndarray], labels: np.ndarray, tasks: list) -> np.ndarray:
     """``a[t, j]``: accuracy on task j's test examples after task t (j <= t), each classified among
-    the classes seen by then (nan for j > t)."""
+    the classes seen by then (nan for j > t). ``logits_after[t]``: the logits after task t of
+    the test examples of the classes seen by then (``seen_examples(labels, tasks, t)``)."""
     T = len(tasks)
     a = np.full((T, T), np.nan)
     for t, logits in enumerate(logits_after):
         seen = sorted(sum(tasks[:t + 1], []))
+        seen_labels = labels[seen_examples(labels, tasks, t)]
         for j in range(t + 1):
-            mask = np.isin(labels, tasks[j])
-            a[t, j] = measure.accuracy(logits[mask], labels[mask], seen)
+            mask = np.isin(seen_labels, tasks[j])
+            a[t, j] = measure.accuracy(logits[mask], seen_labels[mask], seen)
     return a
+
+
+def seen_examples(labels: np.ndarray, tasks: list, t: int) -> np.ndarray:
+    """Indices of the test examples of the classes of tasks 0 .. t."""
+    return np.flatnonzero(np.isin(labels, sum(tasks[:t + 1], [])))
 
 
 def summarize(a: np.ndarray, labels: np.ndarray, tasks: list) -> dict:
@@ -52,7 +58,8 @@ def run(setup: Setup) -> tuple[str, dict]:
             setup.cache["class", num, seed] = {TANGENT: fit_components(setup, data, k, TANGENT, lr=lrs[TANGENT],
                                                                        seed=seed, index=index)}
         vectors = setup.cache["class", num, seed][TANGENT]
-        after = [evaluate(data, k, TANGENT, seed, mean_of_first(vectors, t + 1)) for t in range(num)]
+        members = evaluate(data, k, TANGENT, seed, vectors, stacked=True)  # composition = their mean
+        after = [members[:t + 1].mean(0)[seen_examples(labels, tasks, t)] for t in range(num)]
         results.setdefault((TMC, 0), []).append(summarize(task_matrix(after, labels, tasks), labels, tasks))
         task_data = [(tuple(a[i] for a in data.h(k)), data.labels()[i]) for i in index]
         for buffer in c.buffer_sizes:
@@ -62,7 +69,8 @@ def run(setup: Setup) -> tuple[str, dict]:
                                         batch_size=c.batch_size, key=jax.random.key(seed), seed=seed,
                                         precomputed=True, log_every=chunk(steps), progress=c.progress,
                                         **data.recipe.replace(learning_rate=lrs[kind]).fit_kwargs(steps))
-                after = [measure.logits(m, d, test_h) for m, d in zip(out.models, out.steps)]
+                after = [measure.logits(m, d, tuple(a[seen_examples(labels, tasks, t)] for a in test_h))
+                         for t, (m, d) in enumerate(zip(out.models, out.steps))]
                 summary = summarize(task_matrix(after, labels, tasks), labels, tasks)
                 results.setdefault((method, buffer), []).append(summary)
                 setup.results.log({"section": "intcl", "method": method, "buffer": buffer, "seed": seed,
@@ -84,7 +92,8 @@ section 2, same seeds), each trained for as many epochs as one model on all data
 the integrated point, on the task's examples and a replay buffer (reservoir sampling; half of each
 batch's sampling weight on the buffer). Sequential FT + replay: the same loop, buffer and batches on
 the non-linear network (fine-tuning continues from the previous task's weights). TMC: one tangent
-component per task, trained without replay, composed. Buffer sizes are
+component per task, trained without replay, composed (scored through the mean of the components'
+tangent logits, equal by linearity: section 2). Buffer sizes are
 {', '.join(f'{b} ({100 * b / n:.1f}%)' for b in c.buffer_sizes)} of the {n} training examples.
 Accuracy after each task: on the test examples of the classes seen so far, classified among those
 classes (our choice); final: after the last task, on all classes. Forgetting: mean over tasks
