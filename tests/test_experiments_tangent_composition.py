@@ -104,7 +104,8 @@ def vit_checkpoint(tmp_path_factory):
 def test_tfds_vit_section_one_on_mock_data(tmp_path, vit_checkpoint):
     tfds = pytest.importorskip("tensorflow_datasets")
     assert loaders.vit_config_from_npz(str(vit_checkpoint)) == TINY_VIT
-    config = dataclasses.replace(PRESETS["tiny"], dataset="cifar10", class_dataset="same", checkpoint=str(vit_checkpoint),
+    config = dataclasses.replace(PRESETS["tiny"], dataset="cifar10", class_dataset="same",
+                                 checkpoint=str(vit_checkpoint),
                                  layers=None, taft_blocks=("1",), limit=40, sections=("taft",),
                                  data_dir=str(tmp_path / "tfds"), out=str(tmp_path / "results"))
     with tfds.testing.mock_data(num_examples=64):

@@ -61,7 +61,8 @@ def run(setup: Setup) -> tuple[str, dict]:
     para_class = para_main if classes is main else paragons(setup, classes, "class-incremental", None)
     lr = lambda para: {kind: para[kind]["lr"] for kind in (TANGENT, NONLINEAR)}
     rows, curves, records, summary = [], {}, [], {"class_lr": lr(para_class), "class_paragon": {}}
-    for split, data, para, counts in (("data", main, para_main, c.shards), ("class", classes, para_class, c.class_tasks)):
+    settings = (("data", main, para_main, c.shards), ("class", classes, para_class, c.class_tasks))
+    for split, data, para, counts in settings:
         for num in counts:
             per_seed = {m: [] for m in METHODS}
             task_il, gaps, curve = {m: [] for m in METHODS}, [], {m: [] for m in METHODS}
@@ -93,7 +94,8 @@ def run(setup: Setup) -> tuple[str, dict]:
             records.append(record)
             setup.results.log({"section": "tmc", **record})
             lead = [a - b for a, b in zip(per_seed["TMC composition"], per_seed["non-linear ensemble"])]
-            rows.append([f"{split}-incremental", f"{num} {'shards' if split == 'data' else 'tasks'}", data.task.name.split(" on ")[1],
+            rows.append([f"{split}-incremental", f"{num} {'shards' if split == 'data' else 'tasks'}",
+                         data.task.name.split(" on ")[1],
                          measure.pm(para[TANGENT]["test"]), measure.pm(para[NONLINEAR]["test"]),
                          *(measure.pm(per_seed[m]) for m in METHODS), measure.pm([100 * x for x in lead], 1),
                          " / ".join(measure.pm(task_il[m]) for m in METHODS[:2]) if task_il[METHODS[0]] else "-",

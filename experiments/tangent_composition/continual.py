@@ -101,7 +101,8 @@ before the last of (best accuracy on the task before the end - final accuracy on
 over {c.seeds} seeds. Paragon (one model on all tasks at once): tangent
 {measure.pm(paragon[TANGENT])}, non-linear {measure.pm(paragon[NONLINEAR])}.
 
-{markdown_table(["method", "buffer", "final accuracy", "forgetting", "accuracy over seen classes after each task"], rows)}"""
+{markdown_table(["method", "buffer", "final accuracy", "forgetting",
+                 "accuracy over seen classes after each task"], rows)}"""
     setup.results.plot("intcl", [{"title": f"class-incremental, {num} tasks", "xlabel": "tasks seen",
                                   "ylabel": "test accuracy over seen classes", "series": series}])
     return text, {}

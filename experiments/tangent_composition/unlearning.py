@@ -38,7 +38,8 @@ def run(setup: Setup) -> tuple[str, dict]:
                 example = int(index[c.forget][0])
                 start = time.perf_counter()
                 retrained = safe.forget([example])
-                forget_record = {"example": example, "retrained": list(retrained), "seconds": time.perf_counter() - start,
+                forget_record = {"example": example, "retrained": list(retrained),
+                                 "seconds": time.perf_counter() - start,
                                  "test_acc_after": measure.accuracy(measure.logits(safe.model, safe.vector(), test_h),
                                                                     labels)}
                 if retrained != graph.holders(c.forget):
@@ -66,5 +67,6 @@ again as a fraction of the training set. Mean ± std over {c.seeds} seeds.
     xs = [points[g][0] for g in c.graph_degrees] + [1.0]
     ys = [float(np.mean(points[g][1])) for g in c.graph_degrees] + [float(np.mean(paragon))]
     setup.results.plot("safe", [{"title": f"SAFE, {num} shards", "xlabel": "data retrained per deletion (fraction)",
-                                 "ylabel": "test accuracy", "logx": True, "series": {"shard graphs, then one model": (xs, ys)}}])
+                                 "ylabel": "test accuracy", "logx": True,
+                                 "series": {"shard graphs, then one model": (xs, ys)}}])
     return text, {}
