@@ -13,7 +13,7 @@ from experiments.tangent_composition import measure
 from experiments.tangent_composition.training import TANGENT, Setup, chunk
 
 
-def graph_name(degree: int, shards: int) -> str:
+def graph_name(degree: int) -> str:
     return "disconnected" if degree == 0 else f"ring, degree {degree}"
 
 
@@ -27,7 +27,7 @@ def run(setup: Setup) -> tuple[str, dict]:
         graph = tangent.ShardGraph.ring(num, degree)
         accs, forget_record = [], None
         for seed in setup.seeds:
-            setup.log(f"5/6 SAFE, {graph_name(degree, num)} graph of {num} shards, seed {seed}")
+            setup.log(f"5/6 SAFE, {graph_name(degree)} graph of {num} shards, seed {seed}")
             index = measure.shard_indices(data.n_train, num, seed)
             safe = tangent.ShardedComposition(
                 data.model(k, TANGENT, seed), graph, data.h(k), data.labels(), list(index), steps=data.steps_for,
@@ -47,7 +47,7 @@ def run(setup: Setup) -> tuple[str, dict]:
         cost = graph.expected_cost([index.shape[1]] * num)
         setup.results.log({"section": "safe", "degree": degree, "shards": num, "test_acc": accs, **cost,
                            "forget": forget_record})
-        rows.append([graph_name(degree, num), num, degree + 1, measure.pm(accs), cost["components"],
+        rows.append([graph_name(degree), num, degree + 1, measure.pm(accs), cost["components"],
                      f"{cost['fraction']:.2f}", forget_record["retrained"], forget_record["seconds"]])
         points[degree] = (cost["fraction"], accs)
     paragon = setup.summaries["taft"]["test"][f"{k}/{TANGENT}"]
