@@ -196,4 +196,4 @@ def test_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    assert "--dp_noise=1.0,2.0,4.0" in text and "tiny" in text and "IntCL" in text
+    assert "--dp_noise=1.0,4.0" in text and "tiny" in text and "IntCL" in text

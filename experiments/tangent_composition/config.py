@@ -75,10 +75,10 @@ class Config:
     seeds: int = 3
     """Seeds (seed, seed + 1, ...) of every compared method: head initialisation, shards, minibatches;
     tables give mean +- standard deviation. Learning rates are chosen with the first seed."""
-    steps: int = 150
+    steps: int = 120
     """Optimizer steps of one model on all of --dataset's training data. A model on a part of the
     data (shard, task, graph node) takes proportionally fewer: as many epochs."""
-    class_steps: int = 100
+    class_steps: int = 80
     """Optimizer steps of one model on all of --class_dataset's training data."""
     batch_size: int = 16
     """Examples per step (capped at a model's number of examples)."""
@@ -96,7 +96,7 @@ class Config:
     graph_degrees: tuple[int, ...] = (0, 2)
     """Section 5: SAFE shard graphs on shards[0] shards, each node joined to this many others
     (even, ring graphs; 0: disconnected); the complete graph is one model on all data (section 1)."""
-    dp_noise: tuple[float, ...] = (1.0, 2.0, 4.0)
+    dp_noise: tuple[float, ...] = (1.0, 4.0)
     """Section 6: DP-SGD noise multipliers sigma (Gaussian noise std = sigma * dp_clip)."""
     dp_clip: float = 1.0
     """Section 6: per-example gradient clipping norm C."""
