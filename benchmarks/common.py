@@ -1,12 +1,16 @@
-"""Timing, device facts and result files shared by every benchmark script.
+"""Timing, time caps, device facts and result files shared by every benchmark script.
 
-A benchmark prints a table and writes ``benchmarks/results/<device>-<name>.json`` holding the
-device, the jax version, the shapes and the command that produced it. Ratios taken within one
-run are the figures to quote on a noisy machine; absolute times count only from a GPU/TPU.
+A benchmark prints a table and writes ``<device>-<name>.json`` (in ``benchmarks/results/`` or the
+folder given by ``--out``) holding the device, the package versions, the shapes and the command
+that produced it. Ratios taken within one run are the figures to quote on a noisy machine;
+absolute times count only from a GPU/TPU. ``--time-cap`` stops a benchmark from starting new
+entries once its seconds are spent; the entries it did not start are listed in the file.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 import platform
 import re
@@ -17,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +35,22 @@ PEAKS = {
     "TPU v5": {"bf16_tflops": 459.0, "hbm_gbps": 2765.0},
     "TPU v4": {"bf16_tflops": 275.0, "hbm_gbps": 1200.0},
 }
+
+
+# Distributions whose versions a results file records when they are installed.
+PACKAGES = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax", "numpy",
+            "torch", "triton", "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
+
+
+def package_versions() -> dict:
+    """``{distribution: version}`` of the installed ones among ``PACKAGES`` (nothing imported)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def device_info() -> dict:
@@ -61,16 +82,64 @@ def peak(key: str) -> float | None:
     return None
 
 
-def time_fn(fn: Callable, *args, warmup: int = 2, repeats: int = 10) -> float:
-    """Median wall time in seconds of ``fn(*args)`` (compiled once, outputs blocked on)."""
+def time_fn(fn: Callable, *args, warmup: int = 2, repeats: int = 10,
+            sync: Callable = jax.block_until_ready) -> float:
+    """Median wall time in seconds of ``fn(*args)`` (compiled once, outputs waited for).
+
+    ``sync(output)`` waits for the device: JAX's ``block_until_ready`` by default; a PyTorch
+    peer passes ``lambda _: torch.cuda.synchronize()``.
+    """
     for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
+        sync(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        sync(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def first_output(out) -> np.ndarray:
+    """The first output leaf as float32 NumPy, from JAX arrays or torch tensors."""
+    leaf = out[0] if isinstance(out, (tuple, list)) else out
+    if hasattr(leaf, "detach"):  # torch
+        return leaf.detach().float().cpu().numpy()
+    return np.asarray(leaf, np.float32)
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """``max |got - want| / max |want|``: a difference on the scale of the reference."""
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+class TimeCap:
+    """A benchmark's time budget in seconds from its creation (``None``: no cap)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def expired(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.start > self.seconds
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of ``--time-cap``: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds; got {text!r}")
+    return value
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    """``--out DIR`` (where the JSON goes) and ``--time-cap SECONDS``, shared by every benchmark."""
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for the JSON results file (default: {RESULTS_DIR})")
+    parser.add_argument("--time-cap", type=positive_seconds, default=None,
+                        help="seconds after which no new entry is started (default: no cap)")
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -86,14 +155,18 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, rows: Sequence[dict], **extra) -> Path:
-    """Write ``benchmarks/results/<device>-<name>.json`` with device facts, command and rows."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{device_slug()}-{name}.json"
+def write_results(name: str, rows: Sequence[dict], out_dir: Path | None = None,
+                  module: str | None = None, **extra) -> Path:
+    """Write ``<out_dir>/<device>-<name>.json`` (default ``benchmarks/results/``) with device facts,
+    package versions, the command (``python -m <module>``, default ``benchmarks.<name>``) and rows."""
+    out_dir = RESULTS_DIR if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{device_slug()}-{name}.json"
     record = {
         "benchmark": name,
         "device": device_info(),
-        "command": "python -m benchmarks." + name + " " + " ".join(sys.argv[1:]),
+        "versions": package_versions(),
+        "command": " ".join(["python -m", module or f"benchmarks.{name}", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
         "rows": list(rows),

@@ -5,7 +5,9 @@ and of its tangent model ``f(x; w0) + J(x) d`` with the last k blocks and the he
 linearized (TAFT-k, k = 1, 4, 12), and with every parameter linearized (the generic JVP
 approach). TAFT-k training is also timed with the frozen features before block 12 - k
 cached (``model.apply_features``). ``*_x`` columns are ratios to the plain network (time,
-or FLOPs of the lowered HLO for ``*_flops_x``: the figures to trust on a busy CPU). Prints a table and writes ``benchmarks/results/<device>-tangent.json``.
+or FLOPs of the lowered HLO for ``*_flops_x``: the figures to trust on a busy CPU). Prints a
+table and writes ``benchmarks/results/<device>-tangent.json`` (or into ``--out``); with
+``--time-cap``, models not started in time are listed as skipped.
 
     python -m benchmarks.tangent                       # tiny ViT, CPU-sized (default)
     python -m benchmarks.tangent --preset B/16 --batch 32 --dtype bfloat16   # paper size
@@ -50,7 +52,8 @@ def timed(fn, *args, repeats: int) -> tuple[float, float]:
     return common.time_fn(compiled, *args, repeats=repeats), flops
 
 
-def run(preset: str, batch: int, ks: list[int], dtype: str, repeats: int) -> list[dict]:
+def run(preset: str, batch: int, ks: list[int], dtype: str, repeats: int,
+        cap: common.TimeCap | None = None) -> list[dict]:
     cfg = ViTConfig.preset(preset, dtype=dtype)
     vit = ViT(cfg)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, cfg.image_size, cfg.image_size, 3)), dtype)
@@ -69,11 +72,16 @@ def run(preset: str, batch: int, ks: list[int], dtype: str, repeats: int) -> lis
              "fwd_flops_x": 1.0, "step_ms": 1e3 * t_step, "step_x": 1.0, "step_flops_x": 1.0}]
 
     step = train_step(lambda d, m, f, y: tangent.cross_entropy(m.apply_features(d, f), y), opt)
+    cap = cap or common.TimeCap(None)
     for k in ks + ["all"]:
+        name = "linearize all" if k == "all" else f"TAFT-{k}"
+        if cap.expired():
+            rows.append({"model": name, "skipped": "time cap"})
+            continue
         selector = None if k == "all" else tangent.taft(variables, k)
         model = tangent.from_linen(vit, variables, selector)
         d = model.zeros()
-        row = {"model": "linearize all" if k == "all" else f"TAFT-{k}", "trainable": count(d)}
+        row = {"model": name, "trainable": count(d)}
         fn, flops = compile_with_flops(lambda m, d, x: m(d, x), model, d, x)
         t = common.time_fn(fn, model, d, x, repeats=repeats)
         row.update(fwd_ms=1e3 * t, fwd_x=t / t_fwd, fwd_flops_x=flops / f_fwd)
@@ -97,18 +105,21 @@ def main(argv=None) -> None:
     parser.add_argument("--ks", default="1,4,12", help="comma-separated TAFT-k block counts")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
+    common.add_output_args(parser)
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     depth = ViTConfig.preset(args.preset).depth
     if any(not 1 <= k <= depth for k in ks):
         raise ValueError(f"--ks must lie in [1, {depth}] (the ViT depth); got {args.ks}")
-    rows = run(args.preset, args.batch, ks, args.dtype, args.repeats)
+    rows = run(args.preset, args.batch, ks, args.dtype, args.repeats, common.TimeCap(args.time_cap))
     columns = ["model", "trainable", "fwd_ms", "fwd_x", "fwd_flops_x", "step_ms", "step_x", "step_flops_x",
-               "cached_step_ms", "cached_step_x", "cached_step_flops_x"]
+               "cached_step_ms", "cached_step_x", "cached_step_flops_x", "skipped"]
     print(common.format_table(rows, columns))
     cfg = ViTConfig.preset(args.preset, dtype=args.dtype)
-    path = common.write_results("tangent", rows, config=vars(cfg) | {"preset": args.preset},
-                                shapes={"images": [args.batch, cfg.image_size, cfg.image_size, 3]})
+    path = common.write_results("tangent", rows, out_dir=args.out,
+                                config=vars(cfg) | {"preset": args.preset},
+                                shapes={"images": [args.batch, cfg.image_size, cfg.image_size, 3]},
+                                time_cap_s=args.time_cap)
     print(f"wrote {path}")
 
 

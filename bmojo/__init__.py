@@ -1,8 +1,8 @@
 """B'MOJO: hybrid models with eidetic and fading memory (Flax Linen), and their special cases.
 
 ``preset(name)`` builds a ``ModelConfig`` (transformer, swa, mamba, mamba2, jamba, bmojo_f,
-bmojo); ``LanguageModel(config)`` maps tokens to (logits, aux_loss); ``init_cache`` /
-``decode_step`` / ``generate`` decode recurrently with a fixed-size cache.
+bmojo, bmojo_f_attn, bmojo_attn); ``LanguageModel(config)`` maps tokens to (logits, aux_loss);
+``init_cache`` / ``decode_step`` / ``generate`` decode recurrently with a fixed-size cache.
 """
 
 from .attention import SlidingWindowAttention
@@ -12,11 +12,13 @@ from .config import BLOCK_TYPES, PRESETS, ModelConfig, preset
 from .decode import decode_step, generate, init_cache
 from .layer import BMojoLayer
 from .mamba import Mamba2Mixer, MambaMixer
-from .memory import StoreRule
-from .model import LanguageModel
+from .memory import Eviction, Predictor, Selection, StoreRule
+from .model import LanguageModel, check_tokens
+from .rope import PositionEncoding
 
 __all__ = [
-    "BLOCK_TYPES", "PRESETS", "BMojoLayer", "Block", "LanguageModel", "MLP", "Mamba2Mixer",
-    "MambaMixer", "ModelConfig", "SlidingWindowAttention", "StoreRule", "decode_step",
-    "generate", "init_cache", "preset", "restore", "save",
+    "BLOCK_TYPES", "PRESETS", "BMojoLayer", "Block", "Eviction", "LanguageModel",
+    "MLP", "Mamba2Mixer", "MambaMixer", "ModelConfig", "PositionEncoding", "Predictor", "Selection",
+    "SlidingWindowAttention", "StoreRule", "check_tokens", "decode_step", "generate", "init_cache",
+    "preset", "restore", "save",
 ]

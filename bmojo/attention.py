@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import ssm_kernels
 
 from .config import ModelConfig
-from .rope import apply_rope
+from .rope import PositionEncoding, apply_rope
 
 
 class SlidingWindowAttention(nn.Module):
     """Query i attends to tokens i-window+1 .. i (``window >= length``: causal attention).
 
     Projections: q (d_model -> heads x head_dim), k, v (d_model -> kv_heads x head_dim),
-    o (heads x head_dim -> d_model), no biases; RoPE on q and k at the token positions.
+    o (heads x head_dim -> d_model), no biases; RoPE on q and k at the token positions unless
+    ``config.position_encoding`` is ``"none"``.
     ``queries``/``keys_values``/``output`` are exposed so that ``BMojoLayer`` can add the
     fading and eidetic sources to the same softmax.
     """
@@ -32,13 +33,18 @@ class SlidingWindowAttention(nn.Module):
         self.v_proj = dense((c.n_kv_heads, c.head_dim))
         self.o_proj = dense(c.d_model, axis=(-2, -1))
 
+    def _position(self, x, positions):
+        if self.config.position_encoding == PositionEncoding.NONE:
+            return x
+        return apply_rope(x, positions, self.config.rope_base)
+
     def queries(self, x, positions):
         """x: (batch, length, d_model), positions: (length,) -> (batch, length, heads, head_dim)."""
-        return apply_rope(self.q_proj(x), positions, self.config.rope_base)
+        return self._position(self.q_proj(x), positions)
 
     def keys_values(self, x, positions):
-        """x: (batch, length, d_model) -> k (RoPE applied), v: (batch, length, kv_heads, head_dim)."""
-        return apply_rope(self.k_proj(x), positions, self.config.rope_base), self.v_proj(x)
+        """x: (batch, length, d_model) -> k (positions encoded), v: (batch, length, kv_heads, head_dim)."""
+        return self._position(self.k_proj(x), positions), self.v_proj(x)
 
     def output(self, o):
         """o: (batch, length, heads, head_dim) -> (batch, length, d_model)."""
@@ -59,12 +65,14 @@ def attend_step(q, sources, scale=None):
 
     q: (batch, heads, head_dim); sources: sequence of (k, v, visible) with k, v
     (batch, n, kv_heads, head_dim) and visible a bool mask broadcastable to (batch, n).
+    Keys and values that are not visible never reach the result, even when non-finite.
     Returns (batch, heads, head_dim) in q.dtype.
     """
     batch, heads, head_dim = q.shape
-    k = jnp.concatenate([s[0] for s in sources], axis=1).astype(jnp.float32)
-    v = jnp.concatenate([s[1] for s in sources], axis=1).astype(jnp.float32)
     visible = jnp.concatenate([jnp.broadcast_to(s[2], (batch, s[0].shape[1])) for s in sources], axis=1)
+    hide = lambda x: jnp.where(visible[:, :, None, None], x.astype(jnp.float32), 0.0)  # noqa: E731
+    k = hide(jnp.concatenate([s[0] for s in sources], axis=1))
+    v = hide(jnp.concatenate([s[1] for s in sources], axis=1))
     kv_heads = k.shape[2]
     scale = head_dim ** -0.5 if scale is None else scale
     qg = q.astype(jnp.float32).reshape(batch, kv_heads, heads // kv_heads, head_dim)

@@ -7,25 +7,54 @@ Block types (one per layer, ``ModelConfig.block_types``):
 - ``"mamba"``: a Mamba mixer (``ssm_kind`` "mamba1" or "mamba2") alone
 - ``"bmojo_f"``: B'MOJO with fading memory only (SSM + in-context window + fading window)
 - ``"bmojo"``: B'MOJO with fading and eidetic memory (store of ``memory_slots`` selected tokens)
+
+Presets: ``transformer``, ``swa``, ``mamba``, ``mamba2``, ``jamba`` (Mamba with full attention every
+``every``-th layer), ``bmojo_f`` and ``bmojo`` (every layer B'MOJO(-F), as in the paper), and
+``bmojo_f_attn`` / ``bmojo_attn`` (B'MOJO(-F) layers interleaved with full-attention layers, the
+pattern of the released models of AWS's public B'MOJO-F code). ``preset(..., interleave="mamba")``
+interleaves B'MOJO(-F) with Mamba layers instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+
+from ssm_kernels.attention.api import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from ssm_kernels.duality.api import IMPLEMENTATIONS as SSD_IMPLEMENTATIONS
+from ssm_kernels.scan.api import IMPLEMENTATIONS as SCAN_IMPLEMENTATIONS
+
+from .memory import Eviction, Predictor, Selection
+from .rope import PositionEncoding
 
 BLOCK_TYPES = ("attention", "swa", "mamba", "bmojo_f", "bmojo")
 ATTENTION_TYPES = ("attention", "swa", "bmojo_f", "bmojo")
 SSM_TYPES = ("mamba", "bmojo_f", "bmojo")
 SSM_KINDS = ("mamba1", "mamba2")
-MEMORY_SELECT = ("topk", "threshold")
-MEMORY_EVICT = ("oldest", "lowest")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _need(ok: bool, field: str, value, expected: str) -> None:
     if not ok:
         raise ValueError(f"ModelConfig.{field} = {value!r}; expected {expected}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(config, field: str, kind: type):
+    """Replace a str field by its enum member; the error names the field and the allowed values."""
+    value = getattr(config, field)
+    try:
+        object.__setattr__(config, field, kind(value))
+    except ValueError:
+        _need(False, field, value, f"one of {tuple(m.value for m in kind)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +64,26 @@ class ModelConfig:
     ``d_ff = 0`` removes the MLP of every block (pure Mamba stacks). Mamba-1 mixers use
     ``dt_rank = ceil(d_model / 16)`` unless given. Mamba-2 mixers use heads of width
     ``ssm_head_dim`` over the expanded width ``ssm_expand * d_model`` and one B/C group.
-    Eidetic store: after each chunk, among the ``chunk_size`` tokens that have just left both
-    windows, up to ``memory_topk`` with the largest innovation (``memory_select="topk"``; with
-    ``"threshold"`` only those above ``memory_threshold``) enter a store of ``memory_slots``
-    slots, evicting the oldest or the lowest-scored entries (``memory_evict``).
+    ``position_encoding``: RoPE on the queries and keys of every attention, or none.
+
+    Eidetic store (see ``bmojo.memory`` for the equations): the innovation of each token comes
+    from ``innovation`` (``"fixed"``: the paper's parameter-free running average of the last
+    ``innovation_order`` SSM outputs; ``"learned"``: our linear predictor with an auxiliary loss).
+    After each chunk, the ``chunk_size`` tokens that have just left both windows are candidates for
+    a store of ``memory_slots`` slots: ``memory_select`` (``"all"``: the paper's, every candidate
+    competes; ``"topk"``: at most ``memory_topk`` per chunk; ``"threshold"``: at most
+    ``memory_topk`` of those above ``memory_threshold``) and ``memory_evict`` (``"lowest"``: the
+    paper's, the lowest innovation leaves; ``"oldest"``: the oldest leaves).
+
+    In-storage memory (``bmojo.storage``; off when ``storage_blocks`` is 0): B'MOJO(-F) layers keep
+    the last ``storage_blocks`` complete blocks of ``storage_block_size`` tokens outside their fixed
+    state and attend, in every chunk, to the tokens of the ``storage_topk`` blocks most relevant to the
+    chunk's first query.
+
+    ``ssm_residual`` (ours; off in the paper and in AWS's public B'MOJO-F code): the layer also
+    adds the SSM output at each position to its output, ``out = o(attention) + f``, so that a query
+    reads the fading memory at its own position, as a Mamba layer does, and not only through the
+    fading window W tokens back.
     """
 
     vocab_size: int = 256
@@ -60,10 +105,17 @@ class ModelConfig:
     dt_rank: int | None = None
     ssm_head_dim: int = 32
     ssd_block_len: int = 64
+    position_encoding: str = "rope"
+    innovation: str = "fixed"
+    innovation_order: int = 4
+    memory_select: str = "all"
     memory_topk: int = 4
-    memory_select: str = "topk"
     memory_threshold: float = 1.0
-    memory_evict: str = "oldest"
+    memory_evict: str = "lowest"
+    storage_blocks: int = 0
+    storage_block_size: int = 16
+    storage_topk: int = 2
+    ssm_residual: bool = False
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
@@ -72,25 +124,24 @@ class ModelConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ssm_state",
-                     "max_len", "ssm_expand", "conv_width", "ssm_head_dim", "ssd_block_len",
-                     "memory_topk"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "window",
+                     "ssm_state", "max_len", "ssm_expand", "conv_width", "ssm_head_dim",
+                     "ssd_block_len", "memory_topk", "innovation_order", "storage_block_size",
+                     "storage_topk"):
             value = getattr(self, name)
-            _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                  name, value, "a positive integer")
-        _need(isinstance(self.window, int) and self.window >= 1, "window", self.window,
-              "a positive integer (window >= 1)")
+            _need(_is_int(value) and value >= 1, name, value, "a positive integer")
         if self.chunk_size is None:
             set_("chunk_size", self.window)
-        _need(isinstance(self.chunk_size, int) and self.chunk_size >= 1, "chunk_size",
-              self.chunk_size, "a positive integer or None (= window)")
-        _need(isinstance(self.memory_slots, int) and self.memory_slots >= 0, "memory_slots",
+        _need(_is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size", self.chunk_size,
+              "a positive integer or None (= window)")
+        _need(_is_int(self.memory_slots) and self.memory_slots >= 0, "memory_slots",
               self.memory_slots, "an integer >= 0 (eidetic capacity M)")
-        _need(isinstance(self.d_ff, int) and self.d_ff >= 0, "d_ff", self.d_ff, "an integer >= 0")
+        _need(_is_int(self.d_ff) and self.d_ff >= 0, "d_ff", self.d_ff, "an integer >= 0")
+        _need(_is_int(self.storage_blocks) and (self.storage_blocks == 0 or self.storage_blocks >= self.storage_topk),
+              "storage_blocks", self.storage_blocks,
+              f"0 (no in-storage memory) or an integer >= storage_topk = {self.storage_topk}")
         _need(self.d_model % self.n_heads == 0, "n_heads", self.n_heads,
               f"a divisor of d_model = {self.d_model}")
-        _need(self.head_dim % 2 == 0, "n_heads", self.n_heads,
-              f"d_model / n_heads even for RoPE (d_model = {self.d_model})")
         _need(self.n_heads % self.n_kv_heads == 0, "n_kv_heads", self.n_kv_heads,
               f"a divisor of n_heads = {self.n_heads}")
         _need(self.ssm_kind in SSM_KINDS, "ssm_kind", self.ssm_kind, f"one of {SSM_KINDS}")
@@ -99,13 +150,31 @@ class ModelConfig:
                   f"a divisor of ssm_expand * d_model = {self.d_inner}")
         if self.dt_rank is None:
             set_("dt_rank", math.ceil(self.d_model / 16))
-        _need(isinstance(self.dt_rank, int) and self.dt_rank >= 1, "dt_rank", self.dt_rank,
+        _need(_is_int(self.dt_rank) and self.dt_rank >= 1, "dt_rank", self.dt_rank,
               "a positive integer or None")
-        _need(self.memory_select in MEMORY_SELECT, "memory_select", self.memory_select,
-              f"one of {MEMORY_SELECT}")
-        _need(self.memory_evict in MEMORY_EVICT, "memory_evict", self.memory_evict,
-              f"one of {MEMORY_EVICT}")
+        for field, kind in (("position_encoding", PositionEncoding), ("innovation", Predictor),
+                            ("memory_select", Selection), ("memory_evict", Eviction)):
+            _choice(self, field, kind)
+        if self.position_encoding == PositionEncoding.ROPE:
+            _need(self.head_dim % 2 == 0, "n_heads", self.n_heads,
+                  f"d_model / n_heads even for RoPE (d_model = {self.d_model})")
+        _need(_is_finite(self.memory_threshold), "memory_threshold", self.memory_threshold,
+              "a finite number")
+        _need(_is_finite(self.rope_base) and self.rope_base > 1, "rope_base", self.rope_base,
+              "a finite number > 1")
+        _need(_is_finite(self.norm_eps) and self.norm_eps > 0, "norm_eps", self.norm_eps,
+              "a finite number > 0")
+        for flag in ("tie_embeddings", "ssm_residual"):
+            _need(isinstance(getattr(self, flag), bool), flag, getattr(self, flag), "True or False")
         _need(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
+        scans = SCAN_IMPLEMENTATIONS if self.ssm_kind == "mamba1" else SSD_IMPLEMENTATIONS
+        _need(self.scan_implementation is None or self.scan_implementation in scans,
+              "scan_implementation", self.scan_implementation,
+              f"None (auto) or one of {tuple(scans)} for ssm_kind={self.ssm_kind!r}")
+        _need(self.attention_implementation is None
+              or self.attention_implementation in ATTENTION_IMPLEMENTATIONS,
+              "attention_implementation", self.attention_implementation,
+              f"None (auto) or one of {tuple(ATTENTION_IMPLEMENTATIONS)}")
         types = tuple(self.block_types) or ("bmojo",) * self.n_layers
         set_("block_types", types)
         _need(len(types) == self.n_layers, "block_types", types,
@@ -136,13 +205,17 @@ class ModelConfig:
     def uses_memory(self, kind: str) -> bool:
         return kind == "bmojo" and self.memory_slots > 0
 
+    def uses_storage(self, kind: str) -> bool:
+        return self.uses_fading(kind) and self.storage_blocks > 0
+
     def horizon(self, kind: str) -> int:
         """Age at which a token leaves every window of the layer: W, or 2W with the fading window."""
         w = self.layer_window(kind)
         return 2 * w if self.uses_fading(kind) else w
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON-ready values (enum members as their strings)."""
+        return {k: v.value if isinstance(v, enum.Enum) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -163,8 +236,8 @@ class ModelConfig:
                 total += 2 * d * self.n_heads * hd + 2 * d * self.n_kv_heads * hd
             if kind in SSM_TYPES:
                 total += self._ssm_params()
-            if self.uses_memory(kind):
-                total += d * d + d  # innovation predictor
+            if self.uses_memory(kind) and self.innovation == Predictor.LEARNED:
+                total += d * d + d  # learned innovation predictor
         return total
 
     def _ssm_params(self) -> int:
@@ -176,39 +249,50 @@ class ModelConfig:
         return d * (2 * e + 2 * n + h) + (k + 1) * conv + 3 * h + e + e * d
 
 
+_PAPER_BMOJO = dict(position_encoding="none")
+"""The B'MOJO paper's layers use no positional encoding (AWS's public B'MOJO-F code uses RoPE)."""
+
 _PRESETS = {
     "transformer": dict(pattern="attention"),
     "swa": dict(pattern="swa"),
     "mamba": dict(pattern="mamba", ssm_kind="mamba1", d_ff=0),
     "mamba2": dict(pattern="mamba", ssm_kind="mamba2", d_ff=0),
-    "jamba": dict(pattern="jamba"),
-    "bmojo_f": dict(pattern="bmojo_f"),
-    "bmojo": dict(pattern="bmojo"),
+    "jamba": dict(pattern="mamba", interleave="attention"),
+    "bmojo_f": dict(pattern="bmojo_f", **_PAPER_BMOJO),
+    "bmojo": dict(pattern="bmojo", **_PAPER_BMOJO),
+    "bmojo_f_attn": dict(pattern="bmojo_f", interleave="attention"),
+    "bmojo_attn": dict(pattern="bmojo", interleave="attention"),
 }
 PRESETS = tuple(_PRESETS)
+INTERLEAVE = ("attention", "swa", "mamba")
 
 
-def preset(name: str, *, attention_every: int = 2, **overrides) -> ModelConfig:
+def preset(name: str, *, every: int = 2, interleave: str | None = None, **overrides) -> ModelConfig:
     """The configuration of a named model; ``overrides`` replace any ``ModelConfig`` field.
 
-    ``jamba`` stacks Mamba blocks with a full-attention block as every ``attention_every``-th
-    layer. Unless ``block_types`` is overridden it is rebuilt for the final ``n_layers``.
+    Interleaved patterns put a block of type ``interleave`` as every ``every``-th layer (layers
+    ``every - 1, 2 every - 1, ...``) and the preset's own block type elsewhere: ``jamba`` is Mamba
+    with full attention, ``bmojo_f_attn`` / ``bmojo_attn`` are B'MOJO(-F) with full attention (and
+    keep RoPE, as the public B'MOJO-F code does). ``interleave`` overrides the preset's partner
+    (e.g. ``preset("bmojo", interleave="mamba")``). Unless ``block_types`` is overridden it is
+    rebuilt for the final ``n_layers``.
     """
     if name not in _PRESETS:
         raise ValueError(f"preset name {name!r} is unknown; expected one of {PRESETS}")
     fields = dict(_PRESETS[name])
     pattern = fields.pop("pattern")
+    partner = fields.pop("interleave", None) if interleave is None else interleave
+    fields.pop("interleave", None)
     unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
     if unknown:
         raise ValueError(f"preset overrides {sorted(unknown)} are not ModelConfig fields")
+    if partner is not None and partner not in INTERLEAVE:
+        raise ValueError(f"interleave = {partner!r}; expected None or one of {INTERLEAVE}")
+    if not _is_int(every) or every < 1:
+        raise ValueError(f"every = {every!r}; expected a positive integer")
     fields.update(overrides)
     if "block_types" not in overrides:
         n = fields.get("n_layers", ModelConfig.n_layers)
-        if pattern == "jamba":
-            if not isinstance(attention_every, int) or attention_every < 1:
-                raise ValueError(f"attention_every = {attention_every!r}; expected a positive integer")
-            fields["block_types"] = tuple(
-                "attention" if (i + 1) % attention_every == 0 else "mamba" for i in range(n))
-        else:
-            fields["block_types"] = (pattern,) * n
+        fields["block_types"] = tuple(
+            partner if partner is not None and (i + 1) % every == 0 else pattern for i in range(n))
     return ModelConfig(**fields)

@@ -9,13 +9,14 @@ blocks keep a ring of ``max_len`` tokens (beyond it they act as sliding windows 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
 from .config import ModelConfig
 from .layer import init_layer_cache
-from .model import LanguageModel
+from .model import LanguageModel, check_tokens
 
 
 def init_cache(config: ModelConfig, batch: int) -> dict:
@@ -24,8 +25,19 @@ def init_cache(config: ModelConfig, batch: int) -> dict:
             "blocks": tuple(init_layer_cache(config, kind, batch) for kind in config.block_types)}
 
 
+def _cache_batch(cache: dict) -> int | None:
+    leaves = [a for a in jax.tree.leaves(cache["blocks"]) if getattr(a, "ndim", 0) >= 2]
+    return leaves[0].shape[0] if leaves else None
+
+
 def decode_step(config: ModelConfig, params, cache: dict, token):
-    """Feed token (batch,) int32 at position ``cache["t"]``; returns (logits (batch, vocab), cache)."""
+    """Feed token (batch,) int at position ``cache["t"]``; returns (logits (batch, vocab), cache).
+
+    ``token`` must match the cache's batch; concrete ids are checked against the vocabulary.
+    """
+    batch = _cache_batch(cache)
+    check_tokens(token, config.vocab_size, name="token", layout="(batch,)",
+                 shape=None if batch is None else (batch,))
     return LanguageModel(config).apply(params, token, cache, method=LanguageModel.step)
 
 
@@ -55,11 +67,15 @@ def _generate(config, params, prompt, steps, rng, temperature):
 def generate(config: ModelConfig, params, prompt, steps: int, *, temperature: float = 0.0, rng=None):
     """Extend prompt (batch, P) int32 by ``steps`` tokens: greedy (temperature 0) or sampled from
     softmax(logits / temperature) with ``rng``. Returns (batch, P + steps) int32."""
+    check_tokens(jnp.asarray(prompt), config.vocab_size, name="prompt")
     prompt = jnp.asarray(prompt, jnp.int32)
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
+    if prompt.shape[1] < 1:
         raise ValueError(f"prompt has shape {tuple(prompt.shape)}; expected (batch, length >= 1)")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps = {steps!r}; expected a positive integer")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature = {temperature!r}; expected a finite number >= 0 (0: greedy)")
     if temperature > 0 and rng is None:
         raise ValueError("rng is None; a PRNG key is needed when temperature > 0")
     rng = jax.random.key(0) if rng is None else rng

@@ -6,10 +6,15 @@ SSM + attention over the in-context and fading windows (``"bmojo_f"``), and all 
 sources (``"bmojo"``).
 
 For input x (batch, L, d_model), window W, chunk C:
-  f = SSM(x);  e_j = mean_d (x_j - P f_{j-1})^2 (f_{-1} = 0)
-  aux = mean_j e_j with stop-gradient on x and f (trains only the predictor P)
-  store: ``memory.store_snapshots`` on (k_j, v_j, stop_gradient(e_j)), one snapshot per chunk
-  out = o(bmojo_attention(q(x), k(x), v(x), fading = k(f), v(f), memory = snapshots))
+  f = SSM(x)
+  e = innovation of each token (``bmojo.memory``): the paper's fixed predictor
+      e_t = ||f_t - mean(f_{t-k} .. f_{t-1})||^2, or our learned one
+      e_t = mean_d (x_t - P f_{t-1})^2 with aux = mean_t e_t (stop-gradient on x and f: it
+      trains only P)
+  store: ``memory.store_snapshots`` on (k_t, v_t, stop_gradient(e_t)), one snapshot per chunk
+  storage (optional): ``storage.retrieve``, the most relevant far-past blocks per chunk
+  out = o(bmojo_attention(q(x), k(x), v(x), fading = k(f), v(f), slots = snapshots + retrieved))
+The fading window is f[i-2W+1 .. i-W]. Our option ``ssm_residual`` adds f to the output.
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ import jax.numpy as jnp
 
 import ssm_kernels
 
-from . import mamba, memory
+from . import mamba, memory, storage
 from .attention import SlidingWindowAttention, attend_step
 from .config import ATTENTION_TYPES, SSM_TYPES, ModelConfig
+from .memory import Predictor
 
 
 def init_layer_cache(config: ModelConfig, kind: str, batch: int) -> dict:
     """Decoding state of one layer: SSM/conv states, ring buffers of keys/values with their
     positions (-1: empty) for the in-context window (and the store candidates) and the fading
-    window, the last SSM output, recent innovations and the eidetic store."""
+    window, recent innovations, what the predictor needs (the last SSM outputs), the store, and with
+    in-storage memory the ring of stored blocks and the slots retrieved for the current chunk."""
     c = config
     cache = {}
     if kind in SSM_TYPES:
@@ -36,14 +43,23 @@ def init_layer_cache(config: ModelConfig, kind: str, batch: int) -> dict:
     if kind in ATTENTION_TYPES:
         w = c.layer_window(kind)
         size = c.horizon(kind) + c.chunk_size if c.uses_memory(kind) else w
+        if c.uses_storage(kind):  # a completed block is read back from this ring
+            size = max(size, c.storage_block_size)
         kv = lambda n: jnp.zeros((batch, n, c.n_kv_heads, c.head_dim), c.dtype)  # noqa: E731
         cache.update(k=kv(size), v=kv(size), pos=jnp.full((size,), -1, jnp.int32))
         if c.uses_fading(kind):
             cache.update(fk=kv(2 * w), fv=kv(2 * w), fpos=jnp.full((2 * w,), -1, jnp.int32))
         if c.uses_memory(kind):
+            past = 1 if c.innovation == Predictor.LEARNED else c.innovation_order
             cache.update(score=jnp.zeros((batch, size), jnp.float32),
-                         f_prev=jnp.zeros((batch, c.d_model), c.dtype),
+                         f_past=jnp.zeros((batch, past, c.d_model), jnp.float32),
                          store=memory.empty_store(batch, c.memory_slots, c.n_kv_heads, c.head_dim, c.dtype))
+        if c.uses_storage(kind):
+            b, slots = c.storage_block_size, c.storage_topk * c.storage_block_size
+            ring = storage.ring_size(capacity=c.storage_blocks, block=b, chunk=c.chunk_size, horizon=c.horizon(kind))
+            cache.update(ring=storage.empty_ring(batch, ring, b, c.n_kv_heads, c.head_dim, c.dtype),
+                         retrieved_k=kv(slots), retrieved_v=kv(slots),
+                         retrieved_pos=jnp.full((batch, slots), -1, jnp.int32))
     return cache
 
 
@@ -54,8 +70,9 @@ def _ring_write(buffer, index, value):
 class BMojoLayer(nn.Module):
     """One mixer layer of block type ``kind``: (batch, L, d_model) -> ((batch, L, d_model), aux).
 
-    With an eidetic store, ``apply(..., mutable=["intermediates"])`` also returns the innovation
-    scores ``"innovation"`` (batch, L) and the final store ``"store"`` (its ``pos`` and ``score``).
+    ``aux`` is the learned predictor's loss (0 otherwise). With an eidetic store,
+    ``apply(..., mutable=["intermediates"])`` also returns the innovation scores ``"innovation"``
+    (batch, L) and the final store ``"store"`` (its ``pos`` and ``score``).
     """
 
     config: ModelConfig
@@ -67,17 +84,32 @@ class BMojoLayer(nn.Module):
         self.has_ssm = kind in SSM_TYPES
         self.has_attention = kind in ATTENTION_TYPES
         self.fading = c.uses_fading(kind)
-        self.memory = c.uses_memory(kind)
+        self.eidetic = c.uses_memory(kind)
+        self.storage = c.uses_storage(kind)
         self.horizon = c.horizon(kind)
         if self.has_ssm:
             self.ssm = mamba.mixer(c)
         if self.has_attention:
             self.attn = SlidingWindowAttention(c, self.window)
-        if self.memory:
+        if self.eidetic and c.innovation == Predictor.LEARNED:
             self.predictor = nn.Dense(c.d_model, dtype=c.dtype)
 
-    def _predict(self, f_prev):
-        return self.predictor(jax.lax.stop_gradient(f_prev))
+    def _innovation(self, x, f, f_past, start):
+        """Innovations (batch, L) of x, f (batch, L, d) at positions start..; f_past: the SSM
+        outputs before f (cache layout). Returns (e, aux, new f_past)."""
+        f = jax.lax.stop_gradient(f)
+        if self.config.innovation == Predictor.FIXED:
+            e, f_past = memory.running_mean_innovation(f, self.config.innovation_order, f_past, start)
+            return e, jnp.zeros((), jnp.float32), f_past
+        before = jnp.zeros_like(f[:, :1]) if f_past is None else f_past.astype(f.dtype)
+        f_prev = jnp.concatenate([before, f[:, :-1]], axis=1)
+        e = memory.innovation(jax.lax.stop_gradient(x), self.predictor(f_prev))
+        return e, jnp.mean(e), f[:, -1:].astype(jnp.float32)
+
+    def _output(self, out, f):
+        """o(attention) (+ f with ``ssm_residual``)."""
+        y = self.attn.output(out)
+        return y + f.astype(y.dtype) if self.fading and self.config.ssm_residual else y
 
     def __call__(self, x):
         c = self.config
@@ -87,28 +119,40 @@ class BMojoLayer(nn.Module):
             return f, aux
         positions = jnp.arange(x.shape[1])
         k, v = self.attn.keys_values(x, positions)
+        q = self.attn.queries(x, positions)
         sources = {}
         if self.fading:
             sources["fading_k"], sources["fading_v"] = self.attn.keys_values(f, positions)
-        if self.memory:
-            f_prev = jnp.pad(f[:, :-1], ((0, 0), (1, 0), (0, 0)))
-            e = memory.innovation(jax.lax.stop_gradient(x), self._predict(f_prev))
-            aux = jnp.mean(e)
+        slots = []
+        if self.eidetic:
+            e, aux, _ = self._innovation(x, f, None, 0)
             self.sow("intermediates", "innovation", e)
             snaps, final = memory.store_snapshots(
-                k, v, jax.lax.stop_gradient(e), slots=c.memory_slots, chunk=c.chunk_size,
-                horizon=self.horizon, rule=memory.StoreRule.from_config(c))
+                k, v, e, slots=c.memory_slots, chunk=c.chunk_size, horizon=self.horizon,
+                rule=memory.StoreRule.from_config(c))
             self.sow("intermediates", "store", {"pos": final["pos"], "score": final["score"]})
-            sources.update(memory_k=snaps["k"], memory_v=snaps["v"], memory_pos=snaps["pos"],
+            slots.append((snaps["k"], snaps["v"], snaps["pos"]))
+        if self.storage:
+            retrieved = storage.retrieve(q, k, v, stored_pos=slots[0][2] if slots else None,
+                                         **self._storage_sizes())
+            self.sow("intermediates", "retrieved", retrieved[2])
+            slots.append(retrieved)
+        if slots:
+            sources.update(memory_k=jnp.concatenate([s[0] for s in slots], axis=2),
+                           memory_v=jnp.concatenate([s[1] for s in slots], axis=2),
+                           memory_pos=jnp.concatenate([s[2] for s in slots], axis=2),
                            memory_chunk=c.chunk_size)
         out, _ = ssm_kernels.bmojo_attention(
-            self.attn.queries(x, positions), k, v, window=self.window,
-            implementation=c.attention_implementation, **sources)
-        return self.attn.output(out), aux
+            q, k, v, window=self.window, implementation=c.attention_implementation, **sources)
+        return self._output(out, f), aux
+
+    def _storage_sizes(self) -> dict:
+        c = self.config
+        return dict(chunk=c.chunk_size, block=c.storage_block_size, horizon=self.horizon,
+                    capacity=c.storage_blocks, topk=c.storage_topk)
 
     def step(self, x, cache, t):
         """One token x: (batch, d_model) at position t (int32 scalar) -> (y, new cache)."""
-        c = self.config
         new = dict(cache)
         f = None
         if self.has_ssm:
@@ -132,17 +176,36 @@ class BMojoLayer(nn.Module):
             fpos = new["fpos"]
             sources.append((new["fk"], new["fv"],
                             (fpos >= 0) & (fpos > t - 2 * self.window) & (fpos <= t - self.window)))
-        if self.memory:
-            e = memory.innovation(x, self._predict(cache["f_prev"]))
-            new["score"] = cache["score"].at[:, slot].set(e)
-            new["f_prev"] = f.astype(cache["f_prev"].dtype)
+        if self.eidetic:
+            e, _, new["f_past"] = self._innovation(x[:, None], f[:, None], cache["f_past"], t)
+            new["score"] = cache["score"].at[:, slot].set(e[:, 0])
             store = cache["store"]
             sources.append((store["k"], store["v"],
                             (store["pos"] >= 0) & (store["pos"] <= t - self.horizon)))
-        y = self.attn.output(attend_step(q, sources)[:, None])[:, 0]
-        if self.memory:
+        if self.storage:
+            sizes = self._storage_sizes()
+            got = storage.ring_retrieve(cache["ring"], q, t, stored_pos=cache["store"]["pos"] if self.eidetic else None,
+                                        **{k_: sizes[k_] for k_ in ("block", "horizon", "capacity", "topk")})
+            starts = t % self.config.chunk_size == 0
+            for name, value in zip(("retrieved_k", "retrieved_v", "retrieved_pos"), got):
+                new[name] = jnp.where(starts, value.astype(cache[name].dtype), cache[name])
+            sources.append((new["retrieved_k"], new["retrieved_v"],
+                            (new["retrieved_pos"] >= 0) & (new["retrieved_pos"] <= t - self.horizon)))
+        y = self._output(attend_step(q, sources), f)
+        if self.eidetic:
             new["store"] = self._update_store_at_chunk_end(new, store, t)
+        if self.storage:
+            new["ring"] = self._store_completed_block(new, t)
         return y, new
+
+    def _store_completed_block(self, new, t):
+        """After the last token of a block, copy the block from the key/value ring into storage."""
+        b = self.config.storage_block_size
+        pos = t - b + 1 + jnp.arange(b)
+        idx = pos % new["pos"].shape[0]
+        updated = storage.ring_insert(new["ring"], (t + 1) // b - 1, new["k"][:, idx], new["v"][:, idx])
+        done = (t + 1) % b == 0
+        return jax.tree.map(lambda a, c: jnp.where(done, a, c), updated, new["ring"])
 
     def _update_store_at_chunk_end(self, new, store, t):
         c = self.config

@@ -1,5 +1,17 @@
 """Innovation test and eidetic store (pure functions, static capacity).
 
+Innovation (what the fading memory failed to predict). With ``Predictor.FIXED`` (the paper's
+Algorithm 1) a fixed, parameter-free predictor forecasts the SSM output ``y_t`` from its own recent
+past, and the innovation is the squared prediction error::
+
+    yhat_t = (1 / n_t) sum_{i=1}^{n_t} y_{t-i},   n_t = min(t, k)   (yhat_0 = 0)
+    e_t    = || y_t - yhat_t ||^2
+
+a running average of the last ``k`` outputs (equal weights and the shorter average over the first
+``k`` tokens are our choice; the paper names a running weighted average without its weights). With
+``Predictor.LEARNED`` (ours) a linear map predicts the layer input ``x_t`` from ``y_{t-1}`` and
+``e_t = mean_d (x_t - P y_{t-1})^2``, trained by an auxiliary loss (see ``bmojo.layer``).
+
 The store of one layer holds ``slots`` tokens: their keys and values (batch, slots, kv_heads,
 head_dim), positions ``pos`` (batch, slots) int32 (-1: empty) and innovation scores ``score``
 (batch, slots) float32 (-inf: empty). After chunk c (tokens cC .. cC+C-1) the C tokens that
@@ -9,11 +21,20 @@ once. ``update_store`` applies the rule; ``store_snapshots`` runs it over a whol
 returns the store as it was at the start of every chunk, which is what the queries of that
 chunk may read. Decoding calls ``update_store`` with the same candidates after the last token of
 each chunk.
+
+Rules (``StoreRule``). The paper's (``Selection.ALL`` with ``Eviction.LOWEST``): the store keeps
+the ``slots`` highest-innovation tokens seen so far; a candidate enters when its innovation beats
+the store's current minimum, which is evicted. Taking candidates one at a time in that way and
+keeping the top ``slots`` of (store + candidates) by score give the same store (ties keep the
+older token), which is how it is computed. Ours, as options: at most ``topk`` candidates per chunk
+(``Selection.TOPK``), or only those above a threshold (``Selection.THRESHOLD``), and eviction of the
+oldest entry instead of the lowest-scored one (``Eviction.OLDEST``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import jax
 import jax.numpy as jnp
@@ -21,25 +42,69 @@ import jax.numpy as jnp
 NEG_INF = -jnp.inf
 
 
+class Predictor(str, enum.Enum):
+    """How the innovation is predicted: ``fixed`` running average of the SSM output (paper) or a
+    ``learned`` linear map with an auxiliary loss (ours)."""
+
+    FIXED = "fixed"
+    LEARNED = "learned"
+
+
+class Selection(str, enum.Enum):
+    """Which candidates of a chunk may enter the store: ``all`` (paper), the ``topk`` by innovation,
+    or the top-k of those above a ``threshold`` (ours)."""
+
+    ALL = "all"
+    TOPK = "topk"
+    THRESHOLD = "threshold"
+
+
+class Eviction(str, enum.Enum):
+    """Which entries leave a full store: the ``lowest``-scored (paper) or the ``oldest`` (ours)."""
+
+    LOWEST = "lowest"
+    OLDEST = "oldest"
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreRule:
-    """Selection (``"topk"``, or ``"threshold"``: the top-k among scores > threshold) and eviction
-    (``"oldest"`` position first, or ``"lowest"`` score first)."""
+    """Selection (with ``topk`` and ``threshold`` where it uses them) and eviction of a store."""
 
-    topk: int
-    select: str = "topk"
+    select: Selection = Selection.ALL
+    evict: Eviction = Eviction.LOWEST
+    topk: int = 1
     threshold: float = 0.0
-    evict: str = "oldest"
 
     @classmethod
     def from_config(cls, config) -> "StoreRule":
-        return cls(config.memory_topk, config.memory_select, config.memory_threshold, config.memory_evict)
+        return cls(Selection(config.memory_select), Eviction(config.memory_evict), config.memory_topk,
+                   config.memory_threshold)
 
 
 def innovation(x, prediction):
     """Per-token innovation ``mean_d (x - prediction)^2``: (..., d) -> (...) float32."""
     diff = x.astype(jnp.float32) - prediction.astype(jnp.float32)
     return jnp.mean(diff * diff, axis=-1)
+
+
+def running_mean_innovation(y, order: int, history=None, start=0):
+    """The fixed predictor's innovation ``e_t = ||y_t - mean(y_{t-n_t} .. y_{t-1})||^2``.
+
+    y: (batch, length, d) SSM outputs of positions ``start .. start + length - 1``; ``history``
+    (batch, order, d): the ``order`` outputs before them, oldest first (zeros where none exist;
+    None at the start of a sequence); ``start``: int32 scalar, outputs seen before ``y``.
+    Returns (e (batch, length) float32, the new history: the last ``order`` outputs).
+    """
+    batch, length, d = y.shape
+    y = y.astype(jnp.float32)
+    if history is None:
+        history = jnp.zeros((batch, order, d), jnp.float32)
+    padded = jnp.concatenate([history.astype(jnp.float32), y], axis=1)  # (batch, order + length, d)
+    # Missing outputs are zeros in ``padded``, so the sum over the last ``order`` is exact.
+    total = sum(padded[:, order - i:order - i + length] for i in range(1, order + 1))
+    n = jnp.minimum(start + jnp.arange(length), order).astype(jnp.float32)[None, :, None]
+    diff = y - jnp.where(n > 0, total / jnp.maximum(n, 1.0), 0.0)
+    return jnp.sum(diff * diff, axis=-1), padded[:, length:]
 
 
 def empty_store(batch: int, slots: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> dict:
@@ -59,26 +124,33 @@ def update_store(store: dict, k, v, pos, score, valid, rule: StoreRule) -> dict:
 
     k, v: (batch, C, kv_heads, head_dim) candidate keys/values; pos: (batch, C) int32 positions;
     score: (batch, C) innovations; valid: (batch, C) bool (candidate exists).
-    Selection keeps up to ``rule.topk`` valid candidates with the largest scores (``threshold``:
-    only scores > ``rule.threshold``); then the store keeps the ``slots`` entries with the
-    largest priority among old and selected ones (priority = position for ``"oldest"`` eviction,
-    score for ``"lowest"``).
+    Selection keeps the valid candidates (``TOPK``/``THRESHOLD``: at most ``rule.topk`` of them with
+    the largest scores; ``THRESHOLD``: only scores > ``rule.threshold``); then the store keeps the
+    ``slots`` entries with the largest priority among old and selected ones (priority = score for
+    ``LOWEST`` eviction, position for ``OLDEST``; ties keep the entry already in the store).
+    A NaN score counts as the lowest possible, so it never evicts a stored token.
     """
     slots = store["pos"].shape[1]
-    eligible = valid & (score > rule.threshold) if rule.select == "threshold" else valid
-    masked = jnp.where(eligible, score.astype(jnp.float32), NEG_INF)
-    top, idx = jax.lax.top_k(masked, min(rule.topk, masked.shape[1]))
-    chosen = top > NEG_INF
+    score = jnp.where(jnp.isnan(score), NEG_INF, score.astype(jnp.float32))
+    eligible = valid & (score > rule.threshold) if rule.select == Selection.THRESHOLD else valid
+    masked = jnp.where(eligible, score, NEG_INF)
+    count = masked.shape[1] if rule.select == Selection.ALL else min(rule.topk, masked.shape[1])
+    top, idx = jax.lax.top_k(masked, count)
+    chosen = jnp.take_along_axis(eligible, idx, axis=1)
     merged = {"k": jnp.concatenate([store["k"], _gather(k, idx).astype(store["k"].dtype)], axis=1),
               "v": jnp.concatenate([store["v"], _gather(v, idx).astype(store["v"].dtype)], axis=1),
               "pos": jnp.concatenate([store["pos"], jnp.where(chosen, _gather(pos, idx), -1)], axis=1),
-              "score": jnp.concatenate([store["score"], top], axis=1)}
+              "score": jnp.concatenate([store["score"], jnp.where(chosen, top, NEG_INF)], axis=1)}
     occupied = merged["pos"] >= 0
-    key = merged["pos"].astype(jnp.float32) if rule.evict == "oldest" else merged["score"]
-    priority = jnp.where(occupied, key, NEG_INF)
-    kept, keep = jax.lax.top_k(priority, slots)
+    if rule.evict == Eviction.OLDEST:
+        priority = jnp.where(occupied, merged["pos"].astype(jnp.float32), NEG_INF)
+    else:
+        # Occupied entries rank by score (even a score of -inf beats an empty entry).
+        priority = jnp.where(occupied, merged["score"], NEG_INF)
+        priority = jnp.where(occupied & jnp.isneginf(priority), jnp.finfo(jnp.float32).min, priority)
+    _, keep = jax.lax.top_k(priority, slots)
     out = {name: _gather(a, keep) for name, a in merged.items()}
-    empty = kept == NEG_INF
+    empty = out["pos"] < 0
     out["pos"] = jnp.where(empty, -1, out["pos"])
     out["score"] = jnp.where(empty, NEG_INF, out["score"])
     return out
@@ -98,6 +170,9 @@ def store_snapshots(k, v, score, *, slots: int, chunk: int, horizon: int, rule: 
     """
     batch, length, kv_heads, head_dim = k.shape
     chunks = -(-length // chunk)
+    store = empty_store(batch, slots, kv_heads, head_dim, k.dtype)
+    if length == 0:  # no chunk, no snapshot
+        return jax.tree.map(lambda a: jnp.zeros((batch, 0, *a.shape[1:]), a.dtype), store), store
 
     def body(store, c):
         pos = chunk_candidates(c, chunk, horizon)
@@ -107,6 +182,5 @@ def store_snapshots(k, v, score, *, slots: int, chunk: int, horizon: int, rule: 
                            score[:, safe], jnp.broadcast_to(valid, (batch, chunk)), rule)
         return new, store
 
-    final, snaps = jax.lax.scan(body, empty_store(batch, slots, kv_heads, head_dim, k.dtype),
-                                jnp.arange(chunks))
+    final, snaps = jax.lax.scan(body, store, jnp.arange(chunks))
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), snaps), final

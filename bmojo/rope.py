@@ -1,8 +1,18 @@
-"""Rotary position embeddings (rotate-half form)."""
+"""Positional encodings of attention: rotary embeddings (rotate-half form), or none."""
 
 from __future__ import annotations
 
+import enum
+
 import jax.numpy as jnp
+
+
+class PositionEncoding(str, enum.Enum):
+    """``rope``: rotary embeddings on queries and keys; ``none``: no positional encoding (order is
+    known only through the causal mask and, in hybrids, the SSM)."""
+
+    ROPE = "rope"
+    NONE = "none"
 
 
 def apply_rope(x, positions, base: float = 10000.0):

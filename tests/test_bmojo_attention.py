@@ -308,7 +308,10 @@ def test_validation_errors():
         **dict(mem, memory_k=mem["memory_k"][:, 0], memory_v=mem["memory_v"][:, 0],
                memory_pos=mem["memory_pos"][:, 0]))
     bad(r"memory_chunk=4 given without memory_k", memory_chunk=4)
-    bad(r"scale must be a positive Python number", scale=-1.0)
-    bad(r"scale must be a positive Python number", scale=jnp.float32(0.5))
+    for scale in (-1.0, 0.0, float("nan"), float("inf"), jnp.float32(0.5)):
+        bad(r"scale must be a finite positive Python number", scale=scale)
+    for p in (-2, 8):  # outside [-1, length=8)
+        bad(rf"memory_pos has entries from {min(p, -1)} to {max(p, 7)}; expected positions in "
+            r"\[-1, length=8\)", **dict(mem, memory_pos=mem["memory_pos"].at[1, 1, 2].set(p)))
     bad(r"implementation='triton' is not available; choose one of "
         r"\['dense', 'interpret', 'pallas', 'xla'\]", implementation="triton")

@@ -1,5 +1,7 @@
 """Configurations: presets, validation naming the offending field, predicted parameter counts."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -18,6 +20,17 @@ import bmojo
     (dict(n_layers=3, block_types=("swa", "mamba")), "block_types"),
     (dict(block_types=("swa", "lstm")), "block_types"),
     (dict(memory_evict="random"), "memory_evict"),
+    (dict(memory_select="best"), "memory_select"),
+    (dict(innovation="oracle"), "innovation"),
+    (dict(position_encoding="alibi"), "position_encoding"),
+    (dict(ssm_residual=1), "ssm_residual"),
+    (dict(window=True), "window"),
+    (dict(innovation_order=0), "innovation_order"),
+    (dict(memory_threshold=float("nan")), "memory_threshold"),
+    (dict(norm_eps=-1.0), "norm_eps"),
+    (dict(rope_base=0.0), "rope_base"),
+    (dict(attention_implementation="foo"), "attention_implementation"),
+    (dict(scan_implementation="associative", ssm_kind="mamba2"), "scan_implementation"),
     (dict(ssm_kind="mamba2", ssm_head_dim=48), "ssm_head_dim"),
 ])
 def test_bad_config_raises_naming_the_field(overrides, field):
@@ -37,19 +50,30 @@ def test_unknown_preset_and_unknown_override():
 
 def test_presets_build_their_block_patterns():
     assert bmojo.preset("transformer", n_layers=2).block_types == ("attention", "attention")
-    assert bmojo.preset("jamba", n_layers=6, attention_every=3).block_types == (
+    assert bmojo.preset("jamba", n_layers=6, every=3).block_types == (
         "mamba", "mamba", "attention", "mamba", "mamba", "attention")
+    assert bmojo.preset("bmojo_f_attn", n_layers=4).block_types == ("bmojo_f", "attention") * 2
+    assert bmojo.preset("bmojo", n_layers=2, interleave="mamba").block_types == ("bmojo", "mamba")
+    with pytest.raises(ValueError, match="interleave"):
+        bmojo.preset("bmojo", interleave="lstm")
+    # the paper's B'MOJO: no positional encoding, fixed predictor, keep-the-most-surprising store
+    paper = bmojo.preset("bmojo")
+    assert (paper.position_encoding, paper.innovation, paper.memory_select, paper.memory_evict,
+            paper.ssm_residual) == ("none", "fixed", "all", "lowest", False)
+    assert bmojo.preset("bmojo_attn").position_encoding == "rope"
     assert bmojo.preset("mamba2").ssm_kind == "mamba2" and bmojo.preset("mamba").d_ff == 0
     config = bmojo.preset("bmojo", window=8)
     assert config.chunk_size == 8 and config.horizon("bmojo") == 16 and config.uses_memory("bmojo")
     assert not config.uses_memory("bmojo_f") and config.horizon("swa") == 8
-    assert bmojo.ModelConfig.from_dict(config.to_dict()) == config
+    restored = bmojo.ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config and hash(restored) == hash(config)
 
 
 @pytest.mark.parametrize("fields", [
     dict(block_types=("bmojo", "mamba", "attention"), ssm_kind="mamba2", tie_embeddings=True),
     dict(block_types=("bmojo_f", "swa", "bmojo"), dt_rank=3, d_ff=0),
     dict(block_types=("bmojo", "bmojo", "bmojo"), memory_slots=0),  # no store: no predictor
+    dict(block_types=("bmojo", "swa", "bmojo"), innovation="learned"),  # a learned predictor each
 ])
 def test_parameter_count_of_mixed_configs(fields):
     config = bmojo.ModelConfig(vocab_size=40, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, window=4,

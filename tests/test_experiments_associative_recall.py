@@ -1,15 +1,18 @@
-"""MQAR experiment: the tiny end-to-end run and its rerun (finished runs skipped, changed settings
-refused), --help and bad options, the masked accuracy, and that full attention learns recall where a
-one-token window cannot."""
+"""MQAR study: --help and bad options refused before anything is written, the masked accuracy, total
+memory against a closed form, learning rates chosen on validation (never test), a tiny end-to-end run
+with its rerun (finished runs skipped, changed settings refused), and early stopping with full
+attention recalling where a one-token window cannot."""
 
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
 import bmojo
 from experiments import associative_recall as ar
+from experiments.associative_recall import experiment, plan
 
 
 def test_help_lists_presets_and_options(capsys):
@@ -17,21 +20,34 @@ def test_help_lists_presets_and_options(capsys):
         ar.main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for text in ("tiny", "zoology", "--memory_slots_sweep=", "--window=", "Eidetic capacity"):
+    for text in ("tiny", "zoology", "paper", "--memory_slots_sweep=", "--learning_rates=", "--fillers=",
+                 "Eidetic capacity"):
         assert text in out
 
 
 @pytest.mark.parametrize("argv, match", [
     (["--models=gpt"], "gpt"),
-    (["--sweep=transformer"], "sweep"),
+    (["--sweep=attention"], "sweep"),
     (["--eval_pairs=40"], "num_pairs=40"),
-    (["--window_sweep=0"], "window"),
+    (["--window_sweep=0"], "window_sweep"),
+    (["--max_epochs=0"], "max_epochs"),
+    (["--max_epochs=-1"], "max_epochs"),
+    (["--seeds=0"], "seeds"),
+    (["--learning_rates=nan"], "learning_rates"),
+    (["--learning_rates=0.01,-1"], "learning_rates"),
+    (["--early_stop=1.5"], "early_stop"),
+    (["--fillers=noise"], "fillers"),
+    (["--ablations=dropout"], "ablations"),
+    (["--models=swa,bmojo", "--sweep=bmojo"], "bmojo_f"),  # the fillers ablation needs bmojo_f
+    (["--sweep=mamba", "--models=mamba2"], "sweep"),
     (["--stepz=3"], "--stepz"),
     (["--preset=huge"], "huge"),
 ])
-def test_bad_options_raise_value_error(argv, match):
+def test_bad_options_are_refused_before_anything_is_written(argv, match, tmp_path):
+    out = tmp_path / "results"
     with pytest.raises(ValueError, match=match):
-        ar.main(argv)
+        ar.main(argv + [f"--results_dir={out}"])
+    assert not out.exists()
 
 
 def test_accuracy_counts_only_the_query_positions():
@@ -43,37 +59,73 @@ def test_accuracy_counts_only_the_query_positions():
     assert float(out["correct"]) == 1.0 and float(out["count"]) == 3.0
 
 
+def test_total_memory_against_closed_forms():
+    config = dataclasses.replace(ar.PRESETS["default"], d_model=32, n_heads=2, window=4, ssm_state=16,
+                                 memory_slots=8, seq_len=32)
+    kv = 2 * 1 * 16  # keys and values of one kv head of width 16 per token
+    mamba2 = 64 * 16 + 3 * (64 + 2 * 16)  # heads x head_dim x state + (conv_width - 1) x conv channels
+    expected = {"transformer": 2 * kv * 32, "swa": 2 * kv * 4, "mamba2": 2 * mamba2,
+                "bmojo_f": 2 * (kv * 4 + kv * 4 + mamba2), "bmojo": 2 * (kv * 4 + kv * 4 + mamba2 + kv * 8)}
+    for name, floats in expected.items():
+        model = plan.model_config(config, plan.Arm(name, name))
+        assert ar.memory_floats(model, 32) == floats, name
+        cache = jax.eval_shape(lambda m=model: bmojo.init_cache(m, 1))
+        assert floats <= sum(x.size for x in jax.tree.leaves(cache))
+
+
+def test_learning_rate_is_chosen_on_validation_never_on_test():
+    config = dataclasses.replace(ar.PRESETS["tiny"], models=("swa",), sweep=(), ablations=(),
+                                 learning_rates=(1e-3, 1e-2, 3e-2))
+    arm = plan.Arm("swa", "swa")
+    valid = {1e-3: 0.4, 1e-2: 0.7, 3e-2: 0.7}  # a tie goes to the smaller rate
+    test = {1e-3: 0.9, 1e-2: 0.1, 3e-2: 0.95}
+    records = {plan.Trial(arm, lr, 0).name: {"valid_accuracy": valid[lr], "test_accuracy": {"2": test[lr]}}
+               for lr in config.learning_rates}
+    assert experiment.choose_learning_rates(config, records) == {"swa": 1e-2}
+
+
+TINY = dataclasses.replace(ar.PRESETS["tiny"], models=("swa", "bmojo_f", "bmojo"), sweep=("bmojo",),
+                           ablations=("fillers",), progress=False)
+
+
 def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
-    argv = ["--preset=tiny", f"--results_dir={tmp_path}", "--progress=false"]
-    ar.main(argv)
+    config = dataclasses.replace(TINY, results_dir=str(tmp_path))
+    records = ar.run(config)
     table = (tmp_path / "results.md").read_text()
-    for name in bmojo.PRESETS:
-        assert f"| {name} |" in table
+    for name in ("swa", "bmojo_f", "bmojo", "bmojo memory_slots=2", "bmojo fillers=random", "## Ablation: fillers"):
+        assert f"| {name}" in table or name in table
     for png in ("accuracy_vs_pairs.png", "accuracy_vs_memory.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    evals = {(r["run"], r["eval_pairs"]) for r in records if "eval_pairs" in r}
-    assert evals == {(name, p) for name in bmojo.PRESETS for p in ar.PRESETS["tiny"].eval_pairs}
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in records if "eval_pairs" in r)
+    finals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    finals = {r["run"]: r for r in finals if r.get("final")}
+    assert finals.keys() == records.keys()
+    # the protocol: every model's first seed at every rate, the chosen rate's best validation accuracy
+    for arm in ("swa", "bmojo_f", "bmojo"):
+        sweep = {r["learning_rate"]: r["valid_accuracy"] for r in finals.values() if r["arm"] == arm and r["seed"] == 0}
+        assert sorted(sweep) == sorted(config.learning_rates)
+        chosen = {r["learning_rate"] for r in finals.values() if r["arm"] == arm and r["seed"] > 0}
+        assert chosen == {max(sweep, key=lambda lr: (sweep[lr], -lr))}
+    assert all(0.0 <= acc <= 1.0 for r in finals.values() for acc in r["test_accuracy"].values())
 
     def fail(*args):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(ar, "train_and_evaluate", fail)
-    ar.main(argv)
-    assert (tmp_path / "results.md").read_text() == table
+    monkeypatch.setattr(experiment, "run_trial", fail)
+    ar.run(config)
+    assert (tmp_path / "results.md").read_text().split("runs,")[0] == table.split("runs,")[0]
     assert "finished earlier, skipped" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="other settings .*learning_rate=0.003"):
-        ar.main(argv + ["--learning_rate=0.1"])
+    with pytest.raises(ValueError, match="other settings .*max_epochs=2"):
+        ar.run(dataclasses.replace(config, max_epochs=3))
 
 
-def test_full_attention_recalls_where_a_one_token_window_cannot(tmp_path):
+def test_full_attention_recalls_and_stops_early_where_a_one_token_window_cannot(tmp_path):
     # One pair per sequence: the query can be answered only by looking back at the pair.
     config = dataclasses.replace(
-        ar.PRESETS["tiny"], models=("transformer", "swa"), sweep=(), seq_len=8, train_pairs=(1,),
-        eval_pairs=(1,), window=1, steps=150, batch_size=16, eval_examples=64, learning_rate=1e-2,
-        results_dir=str(tmp_path))
-    accuracy = ar.run(config)
+        TINY, models=("transformer", "swa"), sweep=(), ablations=(), seq_len=8, train_pairs=(1,), eval_pairs=(1,),
+        window=1, train_examples=512, valid_examples=64, test_examples=64, max_epochs=8, early_stop=0.9,
+        learning_rates=(1e-2,), seeds=1, results_dir=str(tmp_path))
+    records = ar.run(config)
     chance = 1 / (config.vocab_size // 2)  # values are uniform over the upper half of the vocabulary
-    assert accuracy["transformer"][1] > 0.9
-    assert accuracy["swa"][1] < 2 * chance
+    transformer, swa = (records[f"{m} lr=0.01 seed=0"] for m in ("transformer", "swa"))
+    assert transformer["test_accuracy"]["1"] > 0.9 and transformer["epochs"] < config.max_epochs
+    assert swa["test_accuracy"]["1"] < 2 * chance and swa["epochs"] == config.max_epochs

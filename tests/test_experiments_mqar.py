@@ -1,4 +1,5 @@
-"""MQAR generator: correct answers, power-law query placement, no answer leaking into the inputs."""
+"""MQAR generator: correct answers, power-law query placement, zero fillers (Zoology's), no answer leaking
+into random fillers."""
 
 import numpy as np
 import pytest
@@ -30,8 +31,16 @@ def test_answers_are_the_values_of_the_queried_keys():
         assert np.all(y[row][m[row] == 0] == 0)
 
 
-def test_no_answer_leaks_into_the_inputs():
-    b = _batch(seed=1, vocab_size=40, num_pairs=16)  # noise would often hit keys/values if allowed
+def test_zero_fillers_everywhere_but_the_pairs_and_the_queries():
+    b = _batch(seed=2)
+    x, m = b["inputs"], b["mask"]
+    after = x[:, 2 * P:]
+    np.testing.assert_array_equal(after == 0, m[:, 2 * P:] == 0)
+    assert np.all(x[:, :2 * P] > 0)
+
+
+def test_no_answer_leaks_into_random_fillers():
+    b = _batch(seed=1, vocab_size=40, num_pairs=16, fillers="random")  # noise would often hit keys/values
     x, m = b["inputs"], b["mask"]
     for row in range(len(x)):
         keys, values = x[row, 0:32:2], x[row, 1:32:2]
@@ -43,7 +52,7 @@ def test_no_answer_leaks_into_the_inputs():
 
 
 def test_sequences_vary_and_are_reproducible_from_the_seed():
-    a, b, c = _batch(seed=3), _batch(seed=3), _batch(seed=4)
+    a, b, c = _batch(seed=3, fillers="random"), _batch(seed=3, fillers="random"), _batch(seed=4, fillers="random")
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert not np.array_equal(a["inputs"], c["inputs"])
@@ -92,6 +101,7 @@ def test_mixture_splits_the_batch_between_pair_counts():
         (dict(vocab_size=16, num_pairs=8), "vocab_size"),
         (dict(seq_len=30, num_pairs=8), "seq_len"),
         (dict(power_a=0.0), "power_a"),
+        (dict(fillers="noise"), "fillers"),
     ],
 )
 def test_bad_sizes_raise(kw, name):

@@ -115,3 +115,27 @@ def test_bounded_chunk():
     args = make_inputs(8, batch=1, dim=4, length=5, state=2)
     with pytest.raises(ValueError, match="chunk_size=512 is too large"):
         ssm_kernels.selective_scan(**args, chunk_size=512, implementation="interpret")
+
+
+def test_kernels_lower_for_cuda_through_triton(monkeypatch):
+    """No GPU needed: the kernels, with padded steps (length 37, chunk 16), lower to Triton IR
+    for CUDA in forward, tangent and backward; compiling the IR still needs a GPU."""
+    from ssm_kernels.scan import pallas_compat
+    from ssm_kernels.scan.pallas import scan_pallas
+
+    triton = pytest.importorskip("jax.experimental.pallas.triton")
+    monkeypatch.setattr(pallas_compat, "call_options", lambda grid_rank, interpret: {
+        "compiler_params": triton.CompilerParams(num_warps=4, num_stages=1)})
+    seq = jax.ShapeDtypeStruct((1, 32, 37), jnp.float32)
+    A = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+    BC = jax.ShapeDtypeStruct((1, 1, 16, 37), jnp.float32)
+    h0 = jax.ShapeDtypeStruct((1, 32, 16), jnp.float32)
+
+    def grad_and_jvp(*xs):
+        fn = functools.partial(scan_pallas, chunk_size=16, interpret=False)
+        loss = lambda *x: sum(jnp.sum(o) for o in fn(*x))  # noqa: E731
+        return jax.grad(loss, argnums=tuple(range(6)))(*xs), jax.jvp(fn, xs, xs)
+
+    lowered = jax.jit(grad_and_jvp).trace(seq, seq, A, BC, BC, h0).lower(
+        lowering_platforms=("cuda",))
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") >= 3  # forward, tangent, backward

@@ -152,3 +152,30 @@ def test_power_of_two_tiles_and_headdim_tiling():
         ssd_pallas(*args[:4], 12, args[4], interpret=True, pow2_tiles=True)
     with pytest.raises(ValueError, match="headdim_block=5 must divide headdim=16"):
         ssd_pallas(*args[:4], 16, args[4], interpret=True, pow2_tiles=True, headdim_block=5)
+
+
+def test_kernels_lower_for_cuda_through_triton(monkeypatch):
+    """No GPU needed: forward, tangent and backward kernels (with the reset count operand and
+    the power-of-two tiles) lower to Triton IR for CUDA; compiling the IR still needs a GPU."""
+    from ssm_kernels.duality import _compat
+    from ssm_kernels.duality.pallas import ssd_pallas
+
+    triton = pytest.importorskip("jax.experimental.pallas.triton")
+    monkeypatch.setattr(_compat, "compiler_params",
+                        lambda interpret: triton.CompilerParams(num_warps=4, num_stages=2))
+    X = jax.ShapeDtypeStruct((1, 40, 2, 16), jnp.float32)
+    A = jax.ShapeDtypeStruct((1, 40, 2), jnp.float32)
+    B = jax.ShapeDtypeStruct((1, 40, 1, 16), jnp.float32)
+    h0 = jax.ShapeDtypeStruct((1, 2, 16, 16), jnp.float32)
+
+    def grad_and_jvp(X, A, B, C, h0):
+        def fn(*x):
+            return ssd_pallas(*x, 16, h0, interpret=False, pow2_tiles=True)
+        loss = lambda *x: sum(jnp.sum(o) for o in fn(*x))  # noqa: E731
+        xs = (X, A, B, C)
+        return jax.grad(loss, argnums=(0, 1, 2, 3))(*xs), jax.jvp(fn, xs, xs)
+
+    text = jax.jit(grad_and_jvp).trace(X, A, B, B, h0).lower(
+        lowering_platforms=("cuda",)).as_text()
+    for name in ("ssd_forward", "ssd_tangent", "ssd_backward"):
+        assert name in text, name

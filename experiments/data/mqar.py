@@ -8,10 +8,12 @@ once, at position `2P + 2 g` for a gap `g` drawn without replacement from the po
 queries soon after the pairs). At a query position the model must predict the key's value (the
 next-token target there); the loss and the accuracy count only those positions.
 
-Every other position holds a noise token drawn uniformly from the vocabulary minus the example's keys
-and values. Zoology draws noise from the whole vocabulary; excluding the example's keys and values here
-means no noise token ever repeats a key (an unlabelled "query") or shows a value after the pairs, so the
-only place an answer occurs in the inputs is right after its key in the pairs.
+Every other position holds a filler: token 0 (`fillers="zero"`, Zoology's paper configurations,
+`random_non_queries=False`), or (`fillers="random"`) a noise token drawn uniformly from the vocabulary
+minus the example's keys and values. Zoology's random fillers come from the whole vocabulary; excluding
+the example's keys and values (our choice) means no noise token ever repeats a key (an unlabelled
+"query") or shows a value after the pairs, so the only place an answer occurs in the inputs is right
+after its key in the pairs.
 
 Batches are generated with numpy from a seed; nothing is downloaded.
 """
@@ -23,8 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def check_task(vocab_size: int, seq_len: int, num_pairs: int, power_a: float) -> None:
+FILLERS = ("zero", "random")
+
+
+def check_task(vocab_size: int, seq_len: int, num_pairs: int, power_a: float, fillers: str = "zero") -> None:
     """Raise ValueError naming the argument unless the sizes define a valid MQAR task."""
+    if fillers not in FILLERS:
+        raise ValueError(f"fillers={fillers!r}; expected one of {FILLERS}")
     if num_pairs < 1:
         raise ValueError(f"num_pairs must be >= 1; got {num_pairs}")
     if vocab_size // 2 - 1 < num_pairs:
@@ -57,6 +64,7 @@ def generate(
     seq_len: int,
     num_pairs: int,
     power_a: float = 0.01,
+    fillers: str = "zero",
 ) -> dict[str, np.ndarray]:
     """One MQAR batch.
 
@@ -65,16 +73,18 @@ def generate(
       targets int32: at a query position the value to predict, 0 elsewhere
       mask    float32: 1 at the num_pairs query positions, 0 elsewhere
     """
-    check_task(vocab_size, seq_len, num_pairs, power_a)
+    check_task(vocab_size, seq_len, num_pairs, power_a, fillers)
     b, p, half = batch_size, num_pairs, vocab_size // 2
     keys = _distinct(rng, b, 1, half, p)
     values = _distinct(rng, b, half, vocab_size, p)
 
-    # Noise: the r-th token of the vocabulary once the example's keys and values are removed.
-    excluded = np.sort(np.concatenate([keys, values], axis=1), axis=1)
-    shifted = excluded - np.arange(2 * p)  # nondecreasing: #excluded tokens <= t is #(shifted <= r)
-    r = rng.integers(0, vocab_size - 2 * p, size=(b, seq_len))
-    inputs = r + (shifted[:, None, :] <= r[:, :, None]).sum(-1)
+    if fillers == "zero":
+        inputs = np.zeros((b, seq_len), np.int64)
+    else:  # the r-th token of the vocabulary once the example's keys and values are removed
+        excluded = np.sort(np.concatenate([keys, values], axis=1), axis=1)
+        shifted = excluded - np.arange(2 * p)  # nondecreasing: #excluded tokens <= t is #(shifted <= r)
+        r = rng.integers(0, vocab_size - 2 * p, size=(b, seq_len))
+        inputs = r + (shifted[:, None, :] <= r[:, :, None]).sum(-1)
 
     inputs[:, 0 : 2 * p : 2] = keys
     inputs[:, 1 : 2 * p : 2] = values
@@ -102,11 +112,13 @@ def mixture(
     seq_len: int,
     num_pairs: Sequence[int],
     power_a: float = 0.01,
+    fillers: str = "zero",
 ) -> dict[str, np.ndarray]:
     """A batch split (as evenly as possible, in order) between the tasks with `num_pairs[i]` pairs."""
     sizes = [len(part) for part in np.array_split(np.arange(batch_size), len(num_pairs))]
     parts = [
-        generate(rng, n, vocab_size=vocab_size, seq_len=seq_len, num_pairs=p, power_a=power_a)
+        generate(rng, n, vocab_size=vocab_size, seq_len=seq_len, num_pairs=p, power_a=power_a,
+                 fillers=fillers)
         for n, p in zip(sizes, num_pairs)
         if n
     ]

@@ -167,33 +167,53 @@ class Results:
         panels: Sequence[Mapping[str, Any]],
         suptitle: str = "",
     ) -> pathlib.Path:
-        """Line plots side by side, saved as `name`.png. Each panel is a dict with "series"
-        ({label: (xs, ys)}), and optional "title", "xlabel", "ylabel", "logx", "logy", "ylim"."""
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+        """Line plots side by side, saved as `name`.png.
+
+        Each panel is a dict with "series" ({label: (xs, ys)} or {label: (xs, ys, yerr)}: error bars)
+        and optional "title", "xlabel", "ylabel", "logx", "logy", "ylim", "xticks" (ticks at these
+        values, labelled as given), "hlines" ({label: y}: dashed reference lines, e.g. chance).
+        Every series gets its own marker and line style, so overlapping lines stay visible; the
+        legend sits outside the axes.
+        """
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.8), squeeze=False)
         for ax, panel in zip(axes[0], panels):
-            for label, (xs, ys) in panel["series"].items():
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
-            ax.set_title(panel.get("title", ""))
+            for i, (label, data) in enumerate(panel["series"].items()):
+                xs, ys, err = (*data, None) if len(data) == 2 else data
+                style = dict(marker=_MARKERS[i % len(_MARKERS)], linestyle=_LINES[i % len(_LINES)],
+                             markersize=5, capsize=3, label=label, alpha=0.9)
+                ax.errorbar(xs, ys, yerr=err, **style)
+            for label, y in panel.get("hlines", {}).items():
+                ax.axhline(y, color="grey", linestyle=":", linewidth=1, label=label)
+            ax.set_title(panel.get("title", ""), fontsize=10)
             ax.set_xlabel(panel.get("xlabel", ""))
             ax.set_ylabel(panel.get("ylabel", ""))
             if panel.get("logx"):
                 ax.set_xscale("log", base=2)
             if panel.get("logy"):
                 ax.set_yscale("log")
+            if "xticks" in panel:
+                ticks = list(panel["xticks"])
+                ax.set_xticks(ticks, [str(t) for t in ticks], rotation=45 if len(ticks) > 6 else 0,
+                              fontsize=7 if len(ticks) > 6 else None)
+                ax.minorticks_off()
             if "ylim" in panel:
                 ax.set_ylim(*panel["ylim"])
             ax.grid(alpha=0.3)
             if panel["series"]:
-                ax.legend(fontsize=8)
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         if suptitle:
             fig.suptitle(suptitle)
         fig.tight_layout()
         png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=120)
+        fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         out = self._file(f"{name}.png")
         atomic_write(out, png.getvalue())
         return out
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+_LINES = ("-", "--", "-.", ":")
 
 
 def _plain(v: Any) -> Any:

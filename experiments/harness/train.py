@@ -74,6 +74,8 @@ def fit(
     run: str = "train",
     log_every: int = 50,
     progress: bool = True,
+    stop: Callable[[int, TrainState], bool] | None = None,
+    stop_every: int = 0,
 ) -> TrainState:
     """Train `state` up to `steps` total steps, resuming from the latest checkpoint in `checkpoint_dir`.
 
@@ -90,9 +92,13 @@ def fit(
     FloatingPointError("run 'NAME': loss is nan at step N") at the first log boundary (every
     `log_every` steps) or checkpoint save after step N, whichever comes first, using the metrics
     fetched there anyway (no extra device sync): no record and no checkpoint holds a later step.
+
+    Early stopping: every `stop_every` steps (and not after the last step) `stop(step, state)` is
+    called; when it returns True the state is checkpointed and returned (`state.step` < `steps`).
     """
-    if steps < 0 or log_every < 1:
-        raise ValueError(f"fit needs steps >= 0 and log_every >= 1; got steps={steps}, log_every={log_every}")
+    if steps < 0 or log_every < 1 or stop_every < 0:
+        raise ValueError(f"fit needs steps >= 0, log_every >= 1 and stop_every >= 0; got steps={steps}, "
+                         f"log_every={log_every}, stop_every={stop_every}")
     mesh = mesh or sharding_lib.make_mesh()
     state_sharding = sharding_lib.tree_shardings(state, mesh, param_rule)
     # Our copy of the state is donated to the step; copy first so the caller's arrays stay valid
@@ -137,8 +143,13 @@ def fit(
                     results.log({"run": run, "step": done, **means, "examples_per_s": rate})
                 pending, examples, tic = [], 0, time.perf_counter()
             bar.update(1)
+            stopping = (stop is not None and stop_every and done % stop_every == 0 and done < steps
+                        and stop(done, state))
             if ckpt is not None:
-                ckpt.maybe_save(done, state, {"step": done, "data_position": done}, force=done == steps)
+                ckpt.maybe_save(done, state, {"step": done, "data_position": done},
+                                force=done == steps or stopping)
+            if stopping:
+                break
         bar.close()
     finally:
         if ckpt is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssm_kernels import _checks, _dispatch
 from ssm_kernels.attention.pallas import pallas_attention
@@ -66,6 +69,14 @@ def _check_memory(memory_k, memory_v, memory_pos, memory_chunk, k_shape, length)
     if not jnp.issubdtype(memory_pos.dtype, jnp.integer):
         raise ValueError(f"memory_pos has dtype {memory_pos.dtype}; expected an integer dtype "
                          "(int32 positions, -1 for an empty slot)")
+    try:  # a traced memory_pos cannot be checked here: such slots are empty (see the docstring)
+        positions = np.asarray(memory_pos)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if positions.size and (positions.min() < -1 or positions.max() >= length):
+        raise ValueError(
+            f"memory_pos has entries from {positions.min()} to {positions.max()}; expected "
+            f"positions in [-1, length={length}): a token position, or -1 for an empty slot")
 
 
 def bmojo_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=None,
@@ -87,20 +98,30 @@ def bmojo_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=N
         per-chunk snapshots (batch, chunks, slots, kv_heads, head_dim), query i reading
         snapshot i // memory_chunk, chunks = ceil(length / memory_chunk).
       memory_pos: integer (batch, slots) or (batch, chunks, slots); -1 marks an empty slot.
-      scale: score scale, default head_dim ** -0.5.
+        Entries outside [-1, length) are a ValueError when memory_pos is concrete; a traced
+        memory_pos (under jit) cannot be checked, and such slots are then empty (never seen).
+        A store with 0 slots is the same as no store.
+      scale: score scale, a finite positive number, default head_dim ** -0.5.
       implementation: None (auto: "pallas" on GPU/TPU, else "xla"), "xla" (blocked, linear in
         length), "dense" (naive reference), "pallas" (flash kernel) or "interpret" (the
         kernel interpreted, runs on CPU).
 
     Returns:
       out (batch, length, heads, head_dim) in q.dtype and lse (batch, length, heads), the
-      log-sum-exp of the scaled visible scores, float32 (float64 for float64 inputs).
+      log-sum-exp of the scaled visible scores, float32 (float64 for float64 inputs); empty
+      for length 0. A NaN or inf input reaches only the queries that see it: a non-finite
+      value entry v_j[d] of a visible key enters out_i[d] as it is (NaN, or +/-inf), whatever
+      its probability (``attention.nonfinite``); a non-finite query or visible key score makes
+      the row's softmax non-finite as in plain attention.
     """
     _checks.check_rank("q", q, 4, "(batch, length, heads, head_dim)")
     _checks.check_rank("k", k, 4, _SEQ)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _checks.check_float(name, x)
     batch, length, heads, head_dim = q.shape
+    if head_dim == 0:
+        raise ValueError(f"q has shape {tuple(q.shape)}; expected head_dim > 0 in "
+                         "(batch, length, heads, head_dim)")
     kv_heads = k.shape[2]
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"k has shape {tuple(k.shape)}; expected kv_heads dividing heads = "
@@ -119,9 +140,15 @@ def bmojo_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=N
                          "memory_pos")
     if scale is None:
         scale = head_dim ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale <= 0:
-        raise ValueError(f"scale must be a positive Python number (static); got {scale!r}")
+    elif (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+          or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"scale must be a finite positive Python number (static); got {scale!r}")
     fn = _dispatch.resolve("bmojo_attention", implementation, IMPLEMENTATIONS)
+    if memory_k is not None and memory_pos.shape[-1] == 0:  # 0 slots: the same as no store
+        memory_k = memory_v = memory_pos = memory_chunk = None
+    if batch * length == 0:
+        lse_dtype = jnp.promote_types(q.dtype, jnp.float32)
+        return jnp.zeros(q.shape, q.dtype), jnp.zeros((batch, length, heads), lse_dtype)
     return fn(q, k, v, window=window, fading_k=fading_k, fading_v=fading_v, memory_k=memory_k,
               memory_v=memory_v, memory_pos=memory_pos, memory_chunk=memory_chunk,
               scale=float(scale))

@@ -11,7 +11,9 @@ jax.linearize, jax.grad and vmap all run the kernels. Second-order terms (the JV
 the pure-JAX blocked form (``xla.blocked_attention``) instead: correct, not kernel-fast.
 In grad-of-jvp (training a linearized model) the kernels run the forward and tangent passes
 and the reverse pass is the XLA form's; in jvp-of-grad the kernels run forward and backward.
-Padding, slicing and grouping of heads happen in plain JAX around the primitives.
+Padding, slicing and grouping of heads happen in plain JAX around the primitives, and so does
+the handling of non-finite values (``nonfinite``): the kernels get the finite part of the values
+and the non-finite values each query sees are added back to their output.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ssm_kernels._nonfinite import finite_part
+from ssm_kernels.attention import nonfinite
 from ssm_kernels.attention import pallas_kernels as kernels
 from ssm_kernels.attention.pallas_compat import Primitive, ad, batching, mlir, shaped_array
 from ssm_kernels.attention.xla import blocked_attention
@@ -237,28 +241,31 @@ def pallas_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=
     def seq(x):
         return _pad(_pad(x, 1, lp), 3, dp)
 
-    floats = [seq(q), seq(k), seq(v)]
+    floats = [seq(q), seq(k), seq(finite_part(v))]
     has_fading, has_memory = fading_k is not None, memory_k is not None
     if has_fading:
-        floats += [seq(fading_k), seq(fading_v)]
+        floats += [seq(fading_k), seq(finite_part(fading_v))]
     ints, chunk = [], lp
     if has_memory:
-        if memory_k.ndim == 4:  # shared slots: one snapshot read by every query
-            memory_k, memory_v, memory_pos = memory_k[:, None], memory_v[:, None], memory_pos[:, None]
+        mk, mv, mpos = memory_k, finite_part(memory_v), memory_pos
+        if mk.ndim == 4:  # shared slots: one snapshot read by every query
+            mk, mv, mpos = mk[:, None], mv[:, None], mpos[:, None]
         else:
             chunk = memory_chunk
-        slots = memory_k.shape[2]
+        slots = mk.shape[2]
         mp = max(_next_pow2(slots), 16) if on_gpu else slots
         chunks = -(-lp // chunk)  # also covers padded query rows (for the pure-JAX fallback)
 
         def mem(x):
             return _pad(_pad(_pad(x, 1, chunks), 2, mp), 4, dp)
 
-        floats += [mem(memory_k), mem(memory_v)]
-        ints = [_pad(_pad(memory_pos.astype(jnp.int32), 1, chunks, -1), 2, mp, -1)]
+        floats += [mem(mk), mem(mv)]
+        ints = [_pad(_pad(mpos.astype(jnp.int32), 1, chunks, -1), 2, mp, -1)]
     cfg = kernels.Config(length=length, window=window, scale=scale, block=block, chunk=chunk,
                          group=heads // k.shape[2], has_fading=has_fading,
                          has_memory=has_memory, interpret=interpret,
                          num_warps=4 if dp <= 64 else 8)
     out, lse = fwd_p.bind(*floats, *ints, cfg=cfg)
-    return out[:, :length, :, :head_dim], jnp.swapaxes(lse, 1, 2)[:, :length]
+    out = nonfinite.restore(out[:, :length, :, :head_dim], v, window=window, fading_v=fading_v,
+                            memory_v=memory_v, memory_pos=memory_pos, memory_chunk=memory_chunk)
+    return out, jnp.swapaxes(lse, 1, 2)[:, :length]

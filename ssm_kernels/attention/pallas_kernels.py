@@ -11,6 +11,11 @@ snapshots of the chunks the block touches: loop bounds come from the query block
 linear in length for fixed W and M. Key-side kernels (grid over key blocks or snapshots) walk the
 query blocks that can see their keys. Visibility comes from ``masks``.
 
+Non-finite inputs stay in the rows that see them: masked scores and products with masked
+probabilities are selected away (``jnp.where``), never multiplied by 0, and a matmul whose
+weights are masked reads the finite part of its other operand (keys in ``dq``, queries in
+``dk``); the values arrive finite (``pallas.py``).
+
   forward:  online softmax; out = sum_j p_j v_j, lse = log sum_j exp(s_j), s_j = scale q.k_j
   tangent:  ds_j = scale (dq.k_j + q.dk_j); dlse = sum_j p_j ds_j;
             dout = sum_j p_j ds_j v_j + p_j dv_j - dlse out
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from ssm_kernels._nonfinite import finite_part
 from ssm_kernels.attention import masks
 from ssm_kernels.attention.pallas_compat import compiler_params
 
@@ -167,7 +173,7 @@ def _tangent_kernel(q_ref, dq_ref, out_ref, lse_ref, *refs, cfg: Config):
         s = _dot_t(q, k, acc_t) * cfg.scale
         p = jnp.where(visible, jnp.exp(s - lse[:, None]), 0.0)
         ds = (_dot_t(dq, k, acc_t) + _dot_t(q, dk, acc_t)) * cfg.scale
-        pds = p * ds
+        pds = jnp.where(visible, p * ds, 0.0)
         acc = acc + _dot(pds.astype(v.dtype), v, acc_t) + _dot(p.astype(dv.dtype), dv, acc_t)
         return acc, dlse + jnp.sum(pds, axis=1)
 
@@ -188,8 +194,8 @@ def _dq_kernel(q_ref, g_ref, lse_ref, delta_ref, *refs, cfg: Config):
     def body(dq, loaded, visible):
         k, v = loaded
         p = jnp.where(visible, jnp.exp(_dot_t(q, k, acc_t) * cfg.scale - lse[:, None]), 0.0)
-        ds = p * (_dot_t(g, v, acc_t) - delta[:, None])
-        return dq + _dot(ds.astype(k.dtype), k, acc_t) * cfg.scale
+        ds = jnp.where(visible, p * (_dot_t(g, v, acc_t) - delta[:, None]), 0.0)
+        return dq + _dot(ds.astype(k.dtype), finite_part(k), acc_t) * cfg.scale
 
     dq = _query_side_walk(cfg, q0, sources, mem, mpos, body, jnp.zeros(q.shape, acc_t))
     dq_ref[...] = dq.astype(dq_ref.dtype)
@@ -230,9 +236,9 @@ def _key_side_kernel(k_ref, v_ref, *refs, cfg: Config, kind: str):
             visible = visible_fn(q_pos[:, None], k_pos[None, :], cfg.window, cfg.length)
         visible = visible & (q_pos < cfg.length)[:, None]
         p = jnp.where(visible, jnp.exp(_dot_t(q, k, acc_t) * cfg.scale - lse[:, None]), 0.0)
-        ds = p * (_dot_t(g, v, acc_t) - delta[:, None])
+        ds = jnp.where(visible, p * (_dot_t(g, v, acc_t) - delta[:, None]), 0.0)
         dv = dv + _dot_tn(p.astype(g.dtype), g, acc_t)
-        dk = dk + _dot_tn(ds.astype(q.dtype), q, acc_t) * cfg.scale
+        dk = dk + _dot_tn(ds.astype(q.dtype), finite_part(q), acc_t) * cfg.scale
         return dk, dv
 
     lo = _div(jnp.maximum(first_q, 0), b)

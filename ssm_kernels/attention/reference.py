@@ -11,7 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssm_kernels.attention import masks
+from ssm_kernels._nonfinite import finite_part
+from ssm_kernels.attention import masks, nonfinite
 from ssm_kernels.attention.softmax import joint_softmax
 
 
@@ -20,7 +21,9 @@ def dense_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=N
                     memory_v=None, memory_pos=None, memory_chunk=None, scale):
     """out_i = sum_s softmax_j(scale * q_i . key_j over visible keys of all sources) value_j.
 
-    Returns out (batch, length, heads, head_dim) in q.dtype and lse (batch, length, heads).
+    Probabilities multiply the finite part of the values; ``nonfinite.restore`` adds back the
+    non-finite values each query sees. Returns out (batch, length, heads, head_dim) in q.dtype
+    and lse (batch, length, heads).
     """
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
@@ -34,7 +37,7 @@ def dense_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=N
     def add_sequence_source(keys, vals, visible):
         s = jnp.einsum("blkgd,bmkd->blkgm", qg, keys.astype(ct)) * scale
         scores.append(masks.masked(s, visible[None, :, None, None, :]))
-        values.append(vals.astype(ct))
+        values.append(finite_part(vals).astype(ct))
         specs.append("blkgm,bmkd->blkgd")
 
     add_sequence_source(k, v, masks.context_visible(pos[:, None], pos[None, :], window, length))
@@ -56,9 +59,11 @@ def dense_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k=N
             specs.append("blkgm,bmkd->blkgd")
         visible = masks.memory_visible(pos[None, :, None], mpos, window, has_fading)
         scores.append(masks.masked(s, visible[:, :, None, None, :]))
-        values.append(mv.astype(ct))
+        values.append(finite_part(mv).astype(ct))
 
     probs, lse = joint_softmax(scores)
     out = sum(jnp.einsum(spec, p, val) for spec, p, val in zip(specs, probs, values))
     out = out.reshape(batch, length, heads, head_dim).astype(q.dtype)
+    out = nonfinite.restore(out, v, window=window, fading_v=fading_v, memory_v=memory_v,
+                            memory_pos=memory_pos, memory_chunk=memory_chunk)
     return out, lse.reshape(batch, length, heads)

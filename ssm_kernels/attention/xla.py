@@ -5,7 +5,9 @@ can only see keys of the in-context band [b*block - W + 1, (b+1)*block - 1] and 
 band [b*block - 2W + 1, (b+1)*block - 1 - W]; each band covers key blocks b + o for a fixed,
 static range of offsets o, so the key blocks are gathered once with an index array
 (batch, blocks, offsets, block, ...) and every query block scores only its own bands plus the
-eidetic slots. Masks come from ``masks``; the softmax is joint over all sources.
+eidetic slots. Masks come from ``masks``; the softmax is joint over all sources. Probabilities
+multiply the finite part of the values (a gathered band also holds keys a query must not see);
+``nonfinite.restore`` adds back the non-finite values each query does see.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ssm_kernels.attention import masks
+from ssm_kernels._nonfinite import finite_part
+from ssm_kernels.attention import masks, nonfinite
 from ssm_kernels.attention.softmax import joint_softmax
 
 DEFAULT_BLOCK = 64
@@ -107,7 +110,8 @@ def blocked_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k
         if len(offsets) == 0:  # no query of this length can see the band
             continue
         kb, k_pos = _gather_band(_pad_to(keys.astype(ct), padded, 1), offsets, block, n_blocks)
-        vb, _ = _gather_band(_pad_to(vals.astype(ct), padded, 1), offsets, block, n_blocks)
+        vb, _ = _gather_band(_pad_to(finite_part(vals).astype(ct), padded, 1), offsets, block,
+                             n_blocks)
         s = jnp.einsum("bnqkgd,bnskd->bnqkgs", qb, kb) * scale
         visible = visible_fn(q_pos[:, :, None], k_pos[:, None, :], window, length)
         scores.append(masks.masked(s, visible[None, :, :, None, None, :]))
@@ -128,7 +132,9 @@ def blocked_attention(q, k, v, *, window, fading_k=None, fading_v=None, memory_k
     out = out.reshape(batch, padded, kv_heads, group, head_dim)[:, :length]
     if memory_k is not None:
         p_mem = probs[n_bands].reshape(batch, padded, *probs[n_bands].shape[3:])[:, :length]
-        out = out + _memory_output(p_mem, memory_v, memory_chunk)
+        out = out + _memory_output(p_mem, finite_part(memory_v), memory_chunk)
     out = out.reshape(batch, length, heads, head_dim).astype(q.dtype)
+    out = nonfinite.restore(out, v, window=window, fading_v=fading_v, memory_v=memory_v,
+                            memory_pos=memory_pos, memory_chunk=memory_chunk)
     lse = lse.reshape(batch, padded, heads)[:, :length]
     return out, lse

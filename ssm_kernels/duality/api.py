@@ -63,7 +63,14 @@ def ssd(X, A, B, C, block_len=64, initial_states=None, *, implementation=None):
     Returns:
       Y (batch, length, heads, headdim) in X.dtype and the final state
       (batch, heads, headdim, state) in float32. Computation is float32 (float64 when an input
-      is float64, e.g. for finite-difference checks under x64).
+      is float64, e.g. for finite-difference checks under x64). Length 0 gives an empty Y and
+      the initial state (zeros if none) as the final state.
+
+    A step with ``A = -inf`` is a full reset (the state is zeroed), in every implementation. A
+    NaN or inf input at step t changes no output before t. From t on, "sequential" computes the
+    recurrence as written; the chunked forms ("xla", "pallas", "interpret") give NaN in every
+    output and final-state entry the recurrence carries a non-finite input into (where the
+    recurrence may give +/-inf instead), see ``xla.nonfinite_seen``.
     """
     X, A, B, C = map(jnp.asarray, (X, A, B, C))
     if initial_states is not None:
@@ -73,5 +80,8 @@ def ssd(X, A, B, C, block_len=64, initial_states=None, *, implementation=None):
     if initial_states is None:
         batch, _, heads, headdim = X.shape
         initial_states = jnp.zeros((batch, heads, headdim, B.shape[-1]), jnp.float32)
-    Y, final = fn(X, A, B, C, block_len, initial_states)
+    if 0 in X.shape[:2] or 0 in initial_states.shape[2:]:  # nothing to scan: Y is all zeros
+        Y, final = jnp.zeros(X.shape, X.dtype), initial_states
+    else:
+        Y, final = fn(X, A, B, C, block_len, initial_states)
     return Y.astype(X.dtype), final.astype(compute_dtype(X, A, B, C, initial_states))

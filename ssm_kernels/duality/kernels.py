@@ -9,6 +9,10 @@ and ``S`` the state entering the chunk:
     Y     = ((C B^T) * L) X + e * (C S^T)
     S_out = exp(a_last) S + (w * X)^T B
 
+The operand ``a`` (b, h, 2, T) also holds the number of resets (A = -inf) so far in the chunk,
+``seg``: a factor that spans a reset (``L_ij`` with ``seg_i != seg_j``, ``e_i`` with
+``seg_i > 0``, ``w_j`` and ``exp(a_last)`` with a later reset) is 0, selected, never computed.
+
 ``forward`` computes (Y, final state) and optionally the entering state of every chunk; ``tangent``
 computes the JVP (dY, dS_final), linear in the tangents, sweeping forward with (S, dS);
 ``backward`` computes the VJP with a reverse sweep carrying the state cotangent, reading the
@@ -46,16 +50,20 @@ def _last(v):
     return jnp.sum(jnp.where(idx == v.shape[0] - 1, v, 0.0))
 
 
-def _decay(a):
-    """(L, e, w, a_last, causal mask) of a chunk's cumulative log decay ``a`` (q,), masked before exp."""
+def _decay(a, seg):
+    """(L, e, w, a_last, chunk decay, mask) of a chunk's cumulative log decay ``a`` (q,) and
+    reset count ``seg`` (q,); masked before exp, factors that span a reset are 0."""
     q = a.shape[0]
     row = jax.lax.broadcasted_iota(jnp.int32, (q, q), 0)
     col = jax.lax.broadcasted_iota(jnp.int32, (q, q), 1)
-    causal = row >= col
+    mask = (row >= col) & (seg[:, None] == seg[None, :])
     diff = a[:, None] - a[None, :]
-    L = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
-    a_last = _last(a)
-    return L, jnp.exp(a), jnp.exp(a_last - a), a_last, causal
+    L = jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
+    a_last, seg_last = _last(a), _last(seg)
+    e = jnp.where(seg == 0, jnp.exp(a), 0.0)
+    w = jnp.where(seg == seg_last, jnp.exp(a_last - a), 0.0)
+    decay = jnp.where(seg_last == 0, jnp.exp(a_last), 0.0)
+    return L, e, w, a_last, decay, mask
 
 
 def _specs(heads, groups, padded, headdim_block, state, chunks):
@@ -80,33 +88,34 @@ def default_headdim_block(headdim: int) -> int:
     return 32 if headdim > 32 and headdim % 32 == 0 else headdim
 
 
-def _forward_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, out_ref, final_ref, *, q, emit_states):
+def _forward_kernel(x_ref, a_ref, s_ref, b_ref, c_ref, h0_ref, out_ref, final_ref, *, q,
+                    emit_states):
     chunks = x_ref.shape[0] // q
 
     def body(c, S):
-        x, a, B, C = (_chunk(r, c, q) for r in (x_ref, a_ref, b_ref, c_ref))
-        L, e, w, a_last, _ = _decay(a)
+        x, a, seg, B, C = (_chunk(r, c, q) for r in (x_ref, a_ref, s_ref, b_ref, c_ref))
+        L, e, w, _, decay, _ = _decay(a, seg)
         if emit_states:
             out_ref[c] = S
         else:
             y = _mm(_mm(C, B, "nt") * L, x) + e[:, None] * _mm(C, S, "nt")
             out_ref[_compat.ds(c * q, q)] = y
-        return jnp.exp(a_last) * S + _mm(w[:, None] * x, B, "tn")
+        return decay * S + _mm(w[:, None] * x, B, "tn")
 
     final_ref[...] = jax.lax.fori_loop(0, chunks, body, h0_ref[...])
 
 
-def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, dc_ref, dh0_ref,
-                    dy_ref, dfinal_ref, *, q):
+def _tangent_kernel(x_ref, a_ref, s_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, dc_ref,
+                    dh0_ref, dy_ref, dfinal_ref, *, q):
     chunks = x_ref.shape[0] // q
 
     def body(c, carry):
         S, dS = carry
-        x, a, B, C, dx, da, dB, dC = (_chunk(r, c, q) for r in (
-            x_ref, a_ref, b_ref, c_ref, dx_ref, da_ref, db_ref, dc_ref))
-        L, e, w, a_last, causal = _decay(a)
+        x, a, seg, B, C, dx, da, dB, dC = (_chunk(r, c, q) for r in (
+            x_ref, a_ref, s_ref, b_ref, c_ref, dx_ref, da_ref, db_ref, dc_ref))
+        L, e, w, a_last, decay, mask = _decay(a, seg)
         da_last = _last(da)
-        dL = jnp.where(causal, L * (da[:, None] - da[None, :]), 0.0)
+        dL = jnp.where(mask, L * (da[:, None] - da[None, :]), 0.0)
         CB = _mm(C, B, "nt")
         dCB = _mm(dC, B, "nt") + _mm(C, dB, "nt")
         G, dG = CB * L, dCB * L + CB * dL
@@ -115,7 +124,6 @@ def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, 
         dy = _mm(dG, x) + _mm(G, dx) + e[:, None] * (da[:, None] * CS + dCS)
         dy_ref[_compat.ds(c * q, q)] = dy
         dw = w * (da_last - da)
-        decay = jnp.exp(a_last)
         dS = (decay * (da_last * S + dS) + _mm(w[:, None] * dx + dw[:, None] * x, B, "tn")
               + _mm(w[:, None] * x, dB, "tn"))
         S = decay * S + _mm(w[:, None] * x, B, "tn")
@@ -124,16 +132,16 @@ def _tangent_kernel(x_ref, a_ref, b_ref, c_ref, h0_ref, dx_ref, da_ref, db_ref, 
     _, dfinal_ref[...] = jax.lax.fori_loop(0, chunks, body, (h0_ref[...], dh0_ref[...]))
 
 
-def _backward_kernel(x_ref, a_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
+def _backward_kernel(x_ref, a_ref, s_ref, b_ref, c_ref, states_ref, gy_ref, gfinal_ref,
                      gx_ref, ga_ref, gb_ref, gc_ref, gh0_ref, *, q):
     chunks = x_ref.shape[0] // q
 
     def body(k, gS):
         c = chunks - 1 - k
-        x, a, B, C, gy = (_chunk(r, c, q) for r in (x_ref, a_ref, b_ref, c_ref, gy_ref))
+        x, a, seg, B, C, gy = (_chunk(r, c, q) for r in (x_ref, a_ref, s_ref, b_ref, c_ref,
+                                                          gy_ref))
         S = states_ref[c]
-        L, e, w, a_last, _ = _decay(a)
-        decay = jnp.exp(a_last)
+        L, e, w, _, decay, _ = _decay(a, seg)
         CB = _mm(C, B, "nt")
         G = CB * L
         # Y = G X + e * (C S^T)
@@ -177,7 +185,7 @@ def _setup(X, B, block_len, headdim_block):
 
 def forward(X, a, B, C, h0, *, block_len, interpret, headdim_block=None, emit_states=False):
     """(Y (b, h, T, p), final (b, h, p, n)); with ``emit_states``: (entering states
-    (b, h, chunks, p, n), final) instead."""
+    (b, h, chunks, p, n), final) instead. ``a`` (b, h, 2, T): log decay and reset count."""
     (batch, heads, padded, headdim, state, chunks), s, grid, sds = _setup(
         X, B, block_len, headdim_block)
     out = (sds(batch, heads, chunks, headdim, state) if emit_states
@@ -185,29 +193,31 @@ def forward(X, a, B, C, h0, *, block_len, interpret, headdim_block=None, emit_st
     kernel = functools.partial(_forward_kernel, q=block_len, emit_states=emit_states)
     return _compat.pallas_call(
         kernel, interpret=interpret, grid=grid,
-        in_specs=[s["x"], s["a"], s["bc"], s["bc"], s["h"]],
+        in_specs=[s["x"], s["a"], s["a"], s["bc"], s["bc"], s["h"]],
         out_specs=[s["states"] if emit_states else s["x"], s["h"]],
         out_shape=[out, sds(batch, heads, headdim, state)],
         name="ssd_forward",
-    )(X, a, B, C, h0)
+    )(X, a[:, :, 0], a[:, :, 1], B, C, h0)
 
 
 def tangent(X, a, B, C, h0, dX, da, dB, dC, dh0, *, block_len, interpret, headdim_block=None):
-    """JVP (dY (b, h, T, p), dfinal (b, h, p, n)); linear in (dX, da, dB, dC, dh0)."""
+    """JVP (dY (b, h, T, p), dfinal (b, h, p, n)); linear in (dX, da, dB, dC, dh0) (the reset
+    count ``a[:, :, 1]`` has no tangent)."""
     (batch, heads, padded, headdim, state, chunks), s, grid, sds = _setup(
         X, B, block_len, headdim_block)
-    primal_specs = [s["x"], s["a"], s["bc"], s["bc"], s["h"]]
+    tangent_specs = [s["x"], s["a"], s["bc"], s["bc"], s["h"]]
     return _compat.pallas_call(
         functools.partial(_tangent_kernel, q=block_len), interpret=interpret, grid=grid,
-        in_specs=primal_specs * 2,
+        in_specs=[s["x"], s["a"], s["a"], s["bc"], s["bc"], s["h"]] + tangent_specs,
         out_specs=[s["x"], s["h"]],
         out_shape=[sds(batch, heads, padded, headdim), sds(batch, heads, headdim, state)],
         name="ssd_tangent",
-    )(X, a, B, C, h0, dX, da, dB, dC, dh0)
+    )(X, a[:, :, 0], a[:, :, 1], B, C, h0, dX, da[:, :, 0], dB, dC, dh0)
 
 
 def backward(X, a, B, C, h0, gY, gfinal, *, block_len, interpret, headdim_block=None):
-    """VJP: (gX, ga, gB, gC, gh0); gB, gC are per head (b, h, T, n), to be summed over groups.
+    """VJP: (gX, ga, gB, gC, gh0); ga (b, h, T) is for the log decay row of ``a``; gB, gC are
+    per head (b, h, T, n), to be summed over groups.
 
     A forward sweep (tiled over headdim) saves the chunk-entering states; the reverse sweep runs
     one program per (batch, head), since ga, gB and gC sum over all rows of the state.
@@ -218,10 +228,10 @@ def backward(X, a, B, C, h0, gY, gfinal, *, block_len, interpret, headdim_block=
         X, B, block_len, X.shape[3])
     return _compat.pallas_call(
         functools.partial(_backward_kernel, q=block_len), interpret=interpret, grid=grid,
-        in_specs=[s["x"], s["a"], s["bc"], s["bc"], s["states"], s["x"], s["h"]],
+        in_specs=[s["x"], s["a"], s["a"], s["bc"], s["bc"], s["states"], s["x"], s["h"]],
         out_specs=[s["x"], s["a"], s["bc_heads"], s["bc_heads"], s["h"]],
         out_shape=[sds(batch, heads, padded, headdim), sds(batch, heads, padded),
                    sds(batch, heads, padded, state), sds(batch, heads, padded, state),
                    sds(batch, heads, headdim, state)],
         name="ssd_backward",
-    )(X, a, B, C, states, gY, gfinal)
+    )(X, a[:, :, 0], a[:, :, 1], B, C, states, gY, gfinal)

@@ -1,6 +1,7 @@
 """SSD through the Pallas kernels, differentiable in every mode.
 
-Three primitives in the kernel layout (``xla.to_kernel_layout``), all float32 (float64 under x64):
+Three primitives in the kernel layout (``xla.to_kernel_layout``; ``a`` holds the cumulative log
+decay and the reset count), all float32 (float64 under x64):
 
 - ``ssd_forward``:  (X, a, B, C, h0) -> (Y, final)                      forward kernel
 - ``ssd_tangent``:  (X, a, B, C, h0, dX, da, dB, dC, dh0) -> (dY, dfinal) tangent kernel,
@@ -13,8 +14,9 @@ Rules: JVP(ssd_forward) = (ssd_forward, ssd_tangent); transpose(ssd_tangent) = s
 Second-order terms (JVP of ``ssd_tangent`` and of ``ssd_backward``, reached by grad-of-jvp,
 jvp-of-jvp, hessians) differentiate the pure-JAX chunked form of the same maps
 (``xla.chunked_core``); their primal values still come from the kernels. ``vmap`` folds the mapped
-axis into the batch axis. The layout change, padding and the chunk-local cumsum of A are plain
-JAX around the primitives, differentiated by JAX.
+axis into the batch axis. The layout change, padding, the chunk-local cumsum of A and the
+handling of non-finite inputs (``xla.finite_inputs``, ``xla.nonfinite_seen``) are plain JAX
+around the primitives, differentiated by JAX.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from jax.interpreters import ad
 from ssm_kernels.duality import _compat, kernels
 from ssm_kernels.duality.primitives import batched_primitive
 from ssm_kernels.duality.reference import compute_dtype
-from ssm_kernels.duality.xla import chunked_core, from_kernel_layout, to_kernel_layout
+from ssm_kernels.duality.xla import (chunked_core, finite_inputs, from_kernel_layout,
+                                     nonfinite_seen, to_kernel_layout)
 
 
 def _sum_groups(g_heads, groups):
@@ -37,6 +40,7 @@ def _sum_groups(g_heads, groups):
 def _backward_impl(X, a, B, C, h0, gY, gfinal, **params):
     gX, ga, gB, gC, gh0 = kernels.backward(X, a, B, C, h0, gY, gfinal, **params)
     groups = B.shape[1]
+    ga = jnp.stack([ga, jnp.zeros_like(ga)], axis=2)  # the reset count has no gradient
     return gX, ga, _sum_groups(gB, groups), _sum_groups(gC, groups), gh0
 
 
@@ -120,11 +124,12 @@ def ssd_pallas(X, A, B, C, block_len, initial_states, *, interpret, pow2_tiles=N
     (default ``kernels.default_headdim_block``); it must divide the (padded) headdim.
     """
     dtype = compute_dtype(X, A, B, C, initial_states)
-    Xk, a_cum, Bk, Ck = to_kernel_layout(X, A, B, C, block_len, dtype)
+    Xk, a, Bk, Ck = to_kernel_layout(*finite_inputs(X, A, B, C), block_len, dtype)
     h0 = initial_states.astype(dtype)
     headdim, state = h0.shape[2:]
     if _compat.needs_pow2_tiles(interpret) if pow2_tiles is None else pow2_tiles:
         Xk, Bk, Ck, h0 = _pad_tiles(Xk, Bk, Ck, h0, block_len)
-    Y, final = forward_p.bind(Xk, a_cum, Bk, Ck, h0, block_len=block_len, interpret=interpret,
+    Y, final = forward_p.bind(Xk, a, Bk, Ck, h0, block_len=block_len, interpret=interpret,
                               headdim_block=headdim_block)
-    return from_kernel_layout(Y[..., :headdim], X.shape[1]), final[:, :, :headdim, :state]
+    return nonfinite_seen(from_kernel_layout(Y[..., :headdim], X.shape[1]),
+                          final[:, :, :headdim, :state], X, A, B, C)

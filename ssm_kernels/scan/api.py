@@ -72,6 +72,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     ``return_last_state``. ``chunk_size`` is the chunk length of the ``"xla"`` (default 64) and
     Pallas forms. ``implementation``: ``None`` (auto), ``"xla"`` (chunked), ``"associative"``,
     ``"sequential"`` (the ``lax.scan`` reference), and ``"pallas"``/``"interpret"`` where available.
+
+    Length 0 gives an empty ``y`` and ``initial_state`` (zeros if None) as ``last_state``. In
+    every implementation, as in the sequential recurrence: an entry ``A[d, n] = -inf`` zeroes
+    that state at every step with ``dt > 0`` (``exp(dt A) = 0``, a full reset), and a NaN or
+    inf input at step t changes no output before t.
     """
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size)
     core = _dispatch.resolve("selective_scan", implementation, IMPLEMENTATIONS)
@@ -90,7 +95,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     h0 = (jnp.zeros((batch, dim, A.shape[1]), cdt) if initial_state is None
           else initial_state.astype(cdt))
 
-    y, h_last = core(uf, dt, A.astype(cdt), Bg, Cg, h0, chunk_size=chunk_size)
+    if 0 in (*u.shape, A.shape[1]):  # nothing to scan (or no state: C . h = 0)
+        y, h_last = jnp.zeros(u.shape, cdt), h0
+    else:
+        y, h_last = core(uf, dt, A.astype(cdt), Bg, Cg, h0, chunk_size=chunk_size)
     if D is not None:
         y = y + D.astype(cdt)[:, None] * uf
     if z is not None:

@@ -14,6 +14,9 @@ each chunk's ``T`` steps unrolled, so that no scratch memory is needed (the Trit
 none) and the backward kernel can hold a chunk's recomputed states as values. The forward kernel
 writes the state at every chunk start; the backward kernel walks the chunks in reverse and
 recomputes the states inside each chunk from those, as the Mamba CUDA kernel does.
+
+``length`` (static; None when ``L`` is the real length) marks the padded steps ``t >= length``:
+their decay is 1 (selected, since ``exp(0 * A)`` is NaN for ``A = -inf``, a full reset).
 """
 
 from __future__ import annotations
@@ -47,7 +50,13 @@ def _row(ref, t):
     return ref[pl.ds(t, 1), :].astype(jnp.float32)  # (1, n)
 
 
-def _forward_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, h0_ref, y_ref, hlast_ref, hc_ref, *, T, nc):
+def _real(x, t, length, padded_value):
+    """``x`` at a real step, ``padded_value`` at a padded one (t >= length)."""
+    return x if length is None else jnp.where(t < length, x, padded_value)
+
+
+def _forward_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, h0_ref, y_ref, hlast_ref, hc_ref, *, T, nc,
+                    length):
     A = A_ref[...].astype(jnp.float32)
 
     def chunk(c, h):
@@ -55,7 +64,7 @@ def _forward_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, h0_ref, y_ref, hlast_ref
         for s in range(T):
             t = c * T + s
             dt, u = _col(dt_ref, t), _col(u_ref, t)
-            h = jnp.exp(dt * A) * h + (dt * u) * _row(B_ref, t)
+            h = _real(jnp.exp(dt * A), t, length, 1.0) * h + (dt * u) * _row(B_ref, t)
             y_ref[:, pl.ds(t, 1)] = jnp.sum(h * _row(C_ref, t), axis=1, keepdims=True).astype(y_ref.dtype)
         return h
 
@@ -65,7 +74,7 @@ def _forward_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, h0_ref, y_ref, hlast_ref
 
 def _tangent_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, hc_ref,
                     du_ref, ddt_ref, dA_ref, dB_ref, dC_ref, dh0_ref,
-                    dy_ref, dhlast_ref, dhc_ref, *, T, nc):
+                    dy_ref, dhlast_ref, dhc_ref, *, T, nc, length):
     """h and its tangent dh advance together; dh has the same decay plus a forcing term."""
     A, dA = A_ref[...].astype(jnp.float32), dA_ref[...].astype(jnp.float32)
 
@@ -76,8 +85,8 @@ def _tangent_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, hc_ref,
             t = c * T + s
             dt, u, ddt, du = _col(dt_ref, t), _col(u_ref, t), _col(ddt_ref, t), _col(du_ref, t)
             B, dB = _row(B_ref, t), _row(dB_ref, t)
-            a = jnp.exp(dt * A)
-            da = a * (ddt * A + dt * dA)
+            a = _real(jnp.exp(dt * A), t, length, 1.0)
+            da = _real(a * (ddt * A + dt * dA), t, length, 0.0)
             h_new = a * h + (dt * u) * B
             dh = a * dh + da * h + (ddt * u + dt * du) * B + (dt * u) * dB
             dy = jnp.sum(_row(dC_ref, t) * h_new + _row(C_ref, t) * dh, axis=1, keepdims=True)
@@ -90,7 +99,7 @@ def _tangent_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, hc_ref,
 
 
 def _backward_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, hc_ref, gy_ref, ghlast_ref, ghc_ref,
-                     gu_ref, gdt_ref, gA_ref, gB_ref, gC_ref, gh0_ref, *, T, nc):
+                     gu_ref, gdt_ref, gA_ref, gB_ref, gC_ref, gh0_ref, *, T, nc, length):
     """Reverse scan of the adjoint: lam_t = mu + gy_t C_t, mu <- exp(dt_t A) lam_t."""
     A = A_ref[...].astype(jnp.float32)
 
@@ -102,7 +111,7 @@ def _backward_kernel(u_ref, dt_ref, A_ref, B_ref, C_ref, hc_ref, gy_ref, ghlast_
         for s in range(T):  # recompute the chunk's states from its saved start state
             t = c * T + s
             dt, u, B = _col(dt_ref, t), _col(u_ref, t), _row(B_ref, t)
-            a = jnp.exp(dt * A)
+            a = _real(jnp.exp(dt * A), t, length, 1.0)
             h_new = a * h + (dt * u) * B
             steps.append((t, dt, u, B, a, h, h_new))
             h = h_new
@@ -138,13 +147,13 @@ def _dims(u, A, T, Dt):
     return batch, groups, P, L, n, L // T, (batch, groups, P // Dt)
 
 
-def forward(u, dt, A, B, C, h0, *, T, Dt, interpret):
+def forward(u, dt, A, B, C, h0, *, T, Dt, interpret, length=None):
     """Returns y (batch, G, P, L), h_last (batch, G, P, n), chunk-start states (batch, G, nc, P, n)."""
     batch, groups, P, L, n, nc, grid = _dims(u, A, T, Dt)
     sp = _specs(batch, groups, P, L, n, nc, Dt)
     f = u.dtype
     return _call(
-        functools.partial(_forward_kernel, T=T, nc=nc),
+        functools.partial(_forward_kernel, T=T, nc=nc, length=length),
         [sp["seq"], sp["seq"], sp["A"], sp["rows"], sp["rows"], sp["state"]],
         [sp["seq"], sp["state"], sp["chunks"]],
         [jax.ShapeDtypeStruct(u.shape, f), jax.ShapeDtypeStruct(h0.shape, f),
@@ -152,7 +161,7 @@ def forward(u, dt, A, B, C, h0, *, T, Dt, interpret):
     )(u, dt, A, B, C, h0)
 
 
-def tangent(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0, *, T, Dt, interpret):
+def tangent(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0, *, T, Dt, interpret, length=None):
     """Tangents (dy, dh_last, d chunk-start states) of :func:`forward` along (du, ..., dh0)."""
     batch, groups, P, L, n, nc, grid = _dims(u, A, T, Dt)
     sp = _specs(batch, groups, P, L, n, nc, Dt)
@@ -160,7 +169,7 @@ def tangent(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0, *, T, Dt, interpret):
     primal_specs = [sp["seq"], sp["seq"], sp["A"], sp["rows"], sp["rows"], sp["chunks"]]
     tangent_specs = [sp["seq"], sp["seq"], sp["A"], sp["rows"], sp["rows"], sp["state"]]
     return _call(
-        functools.partial(_tangent_kernel, T=T, nc=nc),
+        functools.partial(_tangent_kernel, T=T, nc=nc, length=length),
         primal_specs + tangent_specs,
         [sp["seq"], sp["state"], sp["chunks"]],
         [jax.ShapeDtypeStruct(u.shape, f), jax.ShapeDtypeStruct(dh0.shape, f),
@@ -168,7 +177,7 @@ def tangent(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0, *, T, Dt, interpret):
     )(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0)
 
 
-def backward(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T, Dt, interpret):
+def backward(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T, Dt, interpret, length=None):
     """Cotangents of (u, dt, A, B, C, h0) given those of (y, h_last, chunk-start states).
 
     ``gA`` comes per batch element (batch, G, P, n); ``gB``/``gC`` come per channel tile
@@ -179,7 +188,7 @@ def backward(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T, Dt, interpret):
     f = u.dtype
     tiles = (batch, groups, P // Dt, L, n)
     return _call(
-        functools.partial(_backward_kernel, T=T, nc=nc),
+        functools.partial(_backward_kernel, T=T, nc=nc, length=length),
         [sp["seq"], sp["seq"], sp["A"], sp["rows"], sp["rows"], sp["chunks"],
          sp["seq"], sp["state"], sp["chunks"]],
         [sp["seq"], sp["seq"], sp["state"], sp["tile_rows"], sp["tile_rows"], sp["state"]],

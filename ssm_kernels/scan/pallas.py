@@ -3,7 +3,8 @@
 Takes the core arguments of :mod:`ssm_kernels.scan.reference` and returns ``(y, h_last)``.
 B and C are repeated to ``lcm(groups_B, groups_C)`` groups; channels are split per group and
 padded to a multiple of the channel tile; the length is padded to a multiple of the chunk with
-dt = 0 (decay 1, no input), which leaves the state unchanged.
+dt = 0 (no input) and the kernels told which steps are padding (decay 1, even where A = -inf),
+which leaves the state unchanged.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def scan_pallas(u, dt, A, B, C, h0, chunk_size=None, *, interpret=False, block_d
         return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, P - per_group), (0, 0)])
 
     y, h_last, _ = forward_p.bind(channels(u), channels(dt), states(A), rows(B), rows(C),
-                                  states(h0), T=T, Dt=Dt, interpret=interpret)
+                                  states(h0), T=T, Dt=Dt, interpret=interpret,
+                                  length=None if L == length else length)
     y = y[:, :, :per_group, :length].reshape(batch, dim, length)
     return y, h_last[:, :, :per_group].reshape(batch, dim, n)

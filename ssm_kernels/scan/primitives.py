@@ -21,7 +21,8 @@ backward kernel needs. Rules:
   and per-batch outputs keep it); a mapped ``A``/``dA`` falls back to ``lax.map``.
 - lowering: ``mlir.lower_fun`` of the Pallas call (compiled, or ``interpret=True``).
 
-Static parameters: ``T`` (chunk length), ``Dt`` (channel tile), ``interpret``.
+Static parameters: ``T`` (chunk length), ``Dt`` (channel tile), ``interpret``, ``length`` (the
+real length, None when no step is padding; see :mod:`ssm_kernels.scan.kernels`).
 """
 
 from __future__ import annotations
@@ -36,39 +37,42 @@ from jax.interpreters import ad, batching, mlir
 from ssm_kernels.scan import kernels, pallas_compat
 
 
-def reference_forward(u, dt, A, B, C, h0, *, T):
+def reference_forward(u, dt, A, B, C, h0, *, T, length=None):
     """Pure-JAX form of the ``forward`` primitive (nested ``lax.scan``: chunks, then steps)."""
     batch, groups, P, L = u.shape
     nc = L // T
 
     us, dts = (jnp.moveaxis(x, 3, 0).reshape(nc, T, batch, groups, P) for x in (u, dt))
     Bs, Cs = (jnp.moveaxis(M, 2, 0).reshape(nc, T, batch, groups, 1, -1) for M in (B, C))
+    real = (jnp.arange(L) < (L if length is None else length)).reshape(nc, T)
 
     def step(h, inputs):
-        u_t, dt_t, B_t, C_t = inputs
-        h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t
+        u_t, dt_t, B_t, C_t, real_t = inputs
+        decay = jnp.where(real_t, jnp.exp(dt_t[..., None] * A), 1.0)
+        h = decay * h + (dt_t * u_t)[..., None] * B_t
         return h, jnp.sum(C_t * h, axis=-1)
 
     def chunk(h, inputs):
         h_end, y = jax.lax.scan(step, h, inputs)
         return h_end, (y, h)
 
-    h_last, (y, hc) = jax.lax.scan(chunk, h0, (us, dts, Bs, Cs))
+    h_last, (y, hc) = jax.lax.scan(chunk, h0, (us, dts, Bs, Cs, real))
     y = jnp.moveaxis(y.reshape(L, batch, groups, P), 0, 3)
     return y, h_last, jnp.moveaxis(hc, 0, 2)
 
 
-def _reference_tangent(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0, *, T):
-    fwd = functools.partial(reference_forward, T=T)
+def _reference_tangent(u, dt, A, B, C, hc, du, ddt, dA, dB, dC, dh0, *, T, length):
+    fwd = functools.partial(reference_forward, T=T, length=length)
     return jax.jvp(fwd, (u, dt, A, B, C, hc[:, :, 0]), (du, ddt, dA, dB, dC, dh0))[1]
 
 
-def _reference_backward(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T):
+def _reference_backward(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T, length):
     """VJP of :func:`reference_forward`, with gA per batch element (vmap over the batch)."""
 
     def one(u, dt, B, C, h0, gy, ghlast, ghc):
         fwd = lambda u, dt, A, B, C, h0: jax.tree.map(
-            lambda x: x[0], reference_forward(u[None], dt[None], A, B[None], C[None], h0[None], T=T))
+            lambda x: x[0], reference_forward(u[None], dt[None], A, B[None], C[None], h0[None], T=T,
+                              length=length))
         return jax.vjp(fwd, u, dt, A, B, C, h0)[1]((gy, ghlast, ghc))
 
     return jax.vmap(one)(u, dt, B, C, hc[:, :, 0], gy, ghlast, ghc)
@@ -87,30 +91,30 @@ def _make(name, impl, abstract):
     return prim
 
 
-def _forward_impl(*args, T, Dt, interpret):
-    return kernels.forward(*args, T=T, Dt=Dt, interpret=interpret)
+def _forward_impl(*args, **params):
+    return kernels.forward(*args, **params)
 
 
-def _forward_abstract(u, dt, A, B, C, h0, *, T, Dt, interpret):
+def _forward_abstract(u, dt, A, B, C, h0, *, T, Dt, interpret, length):
     batch, groups, P, L = u.shape
     hc = pallas_compat.shaped_array((batch, groups, L // T, P, A.shape[-1]), u.dtype)
     return [_aval(u), _aval(h0), hc]
 
 
-def _tangent_impl(*args, T, Dt, interpret):
-    return kernels.tangent(*args, T=T, Dt=Dt, interpret=interpret)
+def _tangent_impl(*args, **params):
+    return kernels.tangent(*args, **params)
 
 
-def _tangent_abstract(u, dt, A, B, C, hc, *tangents, T, Dt, interpret):
+def _tangent_abstract(u, dt, A, B, C, hc, *tangents, T, Dt, interpret, length):
     return [_aval(u), _aval(tangents[-1]), _aval(hc)]
 
 
-def _backward_impl(*args, T, Dt, interpret):
-    gu, gdt, gA, gB, gC, gh0 = kernels.backward(*args, T=T, Dt=Dt, interpret=interpret)
+def _backward_impl(*args, **params):
+    gu, gdt, gA, gB, gC, gh0 = kernels.backward(*args, **params)
     return [gu, gdt, gA, jnp.sum(gB, axis=2), jnp.sum(gC, axis=2), gh0]
 
 
-def _backward_abstract(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T, Dt, interpret):
+def _backward_abstract(u, dt, A, B, C, hc, gy, ghlast, ghc, *, T, Dt, interpret, length):
     gA = pallas_compat.shaped_array((u.shape[0],) + A.shape, u.dtype)
     return [_aval(u), _aval(dt), gA, _aval(B), _aval(C), _aval(ghlast)]
 
@@ -144,8 +148,8 @@ def _tangent_transpose(cts, *args, **params):
 def _fallback_jvp(reference):
     """JVP rule that differentiates the pure-JAX form ``reference`` of a primitive."""
 
-    def rule(primals, tangents, *, T, Dt, interpret):
-        return jax.jvp(functools.partial(reference, T=T), tuple(primals),
+    def rule(primals, tangents, *, T, Dt, interpret, length):
+        return jax.jvp(functools.partial(reference, T=T, length=length), tuple(primals),
                        tuple(_instantiate(tangents, primals)))
 
     return rule

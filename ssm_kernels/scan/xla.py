@@ -5,6 +5,8 @@ Same core arguments and results as :func:`ssm_kernels.scan.reference.scan_sequen
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -41,7 +43,8 @@ def scan_chunked(u, dt, A, B, C, h0, chunk_size: int | None = None):
     ``y_t += sum_n C_t[n] exp(sum_{s<=t in chunk} dt_s A[n]) h_start[n]``.
 
     The length is padded to a multiple of ``chunk_size`` with dt = 0 (decay 1, no input), so the
-    padding leaves the state unchanged.
+    padding leaves the state unchanged; where ``A`` has a -inf entry (a full reset) the decay
+    of the padded steps is selected to be 1, since ``exp(0 * -inf)`` is NaN.
     """
     T = DEFAULT_CHUNK if chunk_size is None else chunk_size
     batch, dim, length = u.shape
@@ -61,19 +64,30 @@ def scan_chunked(u, dt, A, B, C, h0, chunk_size: int | None = None):
 
     uc, dtc, Bc, Cc = chunks(u), chunks(dt), chunks(B), chunks(C)
 
-    def intra(carry, inputs):
+    def intra(carry, inputs, mask_padding):
         h, logdecay = carry  # (batch, dim, nc, state) each
-        u_t, dt_t, B_t, C_t = inputs
+        u_t, dt_t, B_t, C_t, real_t = inputs
         B_t, C_t = per_channel(B_t), per_channel(C_t)
         step = dt_t[..., None] * A[None, :, None, :]
+        if mask_padding:
+            step = jnp.where(real_t, step, 0.0)
         h = jnp.exp(step) * h + (dt_t * u_t)[..., None] * B_t
         logdecay = logdecay + step
         y_t = jnp.sum(C_t * h, axis=-1)
         corr_t = C_t * jnp.exp(logdecay)  # weight of the chunk's start state in y_t
         return (h, logdecay), (y_t, corr_t)
 
-    zeros = jnp.zeros((batch, dim, nc, A.shape[-1]), u.dtype)
-    (h_end, logdecay_end), (y_local, corr) = jax.lax.scan(intra, (zeros, zeros), (uc, dtc, Bc, Cc))
+    def intra_scan(mask_padding):
+        zeros = jnp.zeros((batch, dim, nc, A.shape[-1]), u.dtype)
+        real = chunks(jnp.arange(nc * T) < length)[..., None]  # (T, nc, 1)
+        return jax.lax.scan(functools.partial(intra, mask_padding=mask_padding),
+                            (zeros, zeros), (uc, dtc, Bc, Cc, real))
+
+    if pad:
+        (h_end, logdecay_end), (y_local, corr) = jax.lax.cond(
+            jnp.any(A == -jnp.inf), lambda: intra_scan(True), lambda: intra_scan(False))
+    else:
+        (h_end, logdecay_end), (y_local, corr) = intra_scan(False)
 
     def inter(h, inputs):
         h_local_end, total = inputs

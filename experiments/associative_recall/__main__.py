@@ -1,0 +1,3 @@
+from experiments.associative_recall import main
+
+main()
