@@ -115,7 +115,11 @@ def epsilon(noise_multiplier: float, *, batch_size: int, dataset_size: int, step
     ``sampling``: ``"without_replacement"`` (what ``tangent.fit`` runs; RDP accountant only) or
     ``"poisson"`` (rate ``batch_size / dataset_size``; ``accountant`` "rdp" or "pld").
     """
-    import dp_accounting
+    try:
+        import dp_accounting
+    except ImportError as e:
+        raise ImportError("tangent.epsilon needs dp-accounting: pip install dp-accounting "
+                          "(or the project's 'experiments' extra)") from e
 
     sampling = Sampling(sampling)
     for name, value in (("batch_size", batch_size), ("dataset_size", dataset_size), ("steps", steps)):

@@ -167,7 +167,11 @@ def _loop(run, carry, n_steps, log_every, progress, desc):
     log_every = n_steps if not log_every else min(log_every, n_steps)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as e:
+            raise ImportError("progress=True needs tqdm: pip install tqdm "
+                              "(or the project's 'experiments' extra)") from e
         bar = tqdm(total=n_steps, desc=desc)
     all_losses, done = [], 0
     while done < n_steps:

@@ -89,7 +89,11 @@ def test_components_with_vmap_equal_one_by_one():
 
 
 def test_components_mesh_axis_across_two_devices():
+    """Also: the library runs with only its core dependencies (the optional ones blocked)."""
     script = textwrap.dedent("""
+        import sys
+        for name in ("tensorflow", "tensorflow_datasets", "dp_accounting", "tqdm", "matplotlib"):
+            sys.modules[name] = None  # import raises ImportError
         import jax, numpy as np, optax
         from jax.sharding import Mesh
         from tests.test_tangent_train import PARAMS, net, shards
@@ -103,6 +107,12 @@ def test_components_mesh_axis_across_two_devices():
         leaf = sharded.tangent["w1"]
         assert len(leaf.sharding.device_set) == 2, leaf.sharding
         np.testing.assert_allclose(leaf, plain.tangent["w1"], rtol=1e-5, atol=1e-6)
+        try:
+            tangent.epsilon(1.0, batch_size=2, dataset_size=8, steps=3, delta=1e-5)
+        except ImportError as e:
+            assert "pip install dp-accounting" in str(e), e
+        else:
+            raise AssertionError("epsilon ran without dp-accounting")
         print("ok")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
