@@ -179,7 +179,7 @@ def test_learning_rate_is_chosen_by_mean_validation_over_seeds():
     assert experiment.select(config, "bmojo", valid) == 3e-3
 
 
-def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, monkeypatch):
+def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
     argv = ["--preset=tiny", "--models=transformer,bmojo+storage", f"--out={tmp_path}",
             "--progress=false"]
     lm.main(argv)
@@ -204,8 +204,10 @@ def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, mo
     monkeypatch.setattr(experiment, "train", fail)
     lm.main(argv)
     assert (tmp_path / "results.md").read_text() == table
-    with pytest.raises(ValueError, match="other settings .*seq_len=16"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # other settings into the same folder: refused, one line
         lm.main(argv + ["--seq_len=8", "--position_buckets=2"])
+    assert exit_.value.code == 2 and re.search("other settings .*seq_len=16", capsys.readouterr().err)
 
 
 def test_benchmark_reference_is_the_same_transformer_with_dot_product_attention():

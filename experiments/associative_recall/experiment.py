@@ -3,8 +3,6 @@ the validation split, write the report."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import pathlib
 import time
 from collections.abc import Sequence
@@ -14,22 +12,6 @@ from experiments.associative_recall import config as config_lib
 from experiments.associative_recall import plan, report
 from experiments.associative_recall.config import Config
 from experiments.associative_recall.train import run_trial
-
-
-def check_resumable(config: Config, results: harness.Results) -> None:
-    """ValueError if `results` holds runs made with other settings than `config` (only the fields in
-    `RESUMABLE` may change between runs into the same folder)."""
-    record = results.read_config()
-    if record is None:
-        return
-    before = record["config"]
-    now = json.loads(json.dumps(dataclasses.asdict(config)))
-    changed = [k for k in now if k not in config_lib.RESUMABLE and before.get(k) != now[k]]
-    if changed:
-        raise ValueError(
-            f"results folder {str(results.path)!r} holds runs with other settings ("
-            + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
-            + "); choose another --out or remove that folder")
 
 
 def finished(results: harness.Results) -> dict[str, dict]:
@@ -54,7 +36,7 @@ def check(config: Config) -> None:
     runs with other settings."""
     config_lib.check(config)
     plan.check(config)
-    check_resumable(config, harness.Results(config.out))
+    harness.Results(config.out).check_settings(config, config_lib.RESUMABLE)
 
 
 def run(config: Config) -> dict[str, dict]:

@@ -22,7 +22,7 @@ import os
 import pathlib
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -115,6 +115,21 @@ class Results:
             warnings.warn(f"{path} holds no config record; treated as missing", stacklevel=2)
             return None
         return record
+
+    def check_settings(self, config: Any, may_change: Collection[str] = ()) -> None:
+        """ValueError if this folder holds runs made with other settings than the dataclass `config`
+        (fields in `may_change` excepted), so that one folder never mixes settings. Writes nothing."""
+        record = self.read_config()
+        if record is None:
+            return
+        before = record["config"]
+        now = json.loads(json.dumps(dataclasses.asdict(config)))
+        changed = [k for k in now if k not in may_change and before.get(k) != now[k]]
+        if changed:
+            raise ValueError(
+                f"results folder {str(self.path)!r} holds runs with other settings ("
+                + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
+                + "); choose another --out or remove that folder")
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one metrics record (JSON-serialisable values; numpy scalars are converted) as one

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 
 import jax
@@ -154,23 +153,7 @@ def check(config: Config, results: harness.Results | None = None) -> None:
     results folder holds runs with other settings."""
     for name in config.models:
         check_length(model_config(config, name, vocab_size(config)), config.max_len, name)
-    check_resumable(config, results or harness.Results(config.out))
-
-
-def check_resumable(config: Config, results: harness.Results) -> None:
-    """ValueError if `results` holds runs made with other settings than `config` (only the fields in
-    `RESUMABLE` may change between runs into the same folder)."""
-    record = results.read_config()
-    if record is None:
-        return
-    before = record["config"]
-    now = json.loads(json.dumps(dataclasses.asdict(config)))
-    changed = [k for k in now if k not in RESUMABLE and before.get(k) != now[k]]
-    if changed:
-        raise ValueError(
-            f"out {str(results.path)!r} holds runs with other settings ("
-            + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
-            + "); choose another --out or remove that folder")
+    (results or harness.Results(config.out)).check_settings(config, RESUMABLE)
 
 
 def logged(results: harness.Results) -> dict[str, dict]:
