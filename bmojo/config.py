@@ -22,6 +22,7 @@ import enum
 import math
 
 from ssm_kernels import implementations
+from ssm_kernels.ops.bmojo_attention.masks import memory_horizon
 
 from .memory import Eviction, Predictor, Selection
 from .rope import PositionEncoding
@@ -208,8 +209,7 @@ class ModelConfig:
 
     def horizon(self, kind: str) -> int:
         """Age at which a token leaves every window of the layer: W, or 2W with the fading window."""
-        w = self.layer_window(kind)
-        return 2 * w if self.uses_fading(kind) else w
+        return memory_horizon(self.layer_window(kind), self.uses_fading(kind))
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (enum members as their strings)."""
