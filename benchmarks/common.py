@@ -1,7 +1,7 @@
 """Timing, time caps, device facts and result files shared by every benchmark script.
 
-A benchmark prints a table and writes ``<device>-<name>.json`` (in ``benchmarks/results/`` or the
-folder given by ``--out``) holding the device, the package versions, the shapes and the command
+A benchmark prints a table and writes ``<device>-<name>.json`` (in ``benchmarks/results/`` of the
+working directory, or the folder given by ``--out``) holding the device, the package versions, the shapes and the command
 that produced it. Ratios taken within one run are the figures to quote on a noisy machine;
 absolute times count only from a GPU/TPU. ``--time-cap`` stops a benchmark from starting new
 entries once its seconds are spent; the entries it did not start are listed in the file.
@@ -23,18 +23,28 @@ from pathlib import Path
 import jax
 import numpy as np
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = Path("benchmarks") / "results"
+"""Where results files go without ``--out``: relative to the working directory (never the installed
+package's folder)."""
 
-# Dense bf16 tensor-core peak (TFLOP/s) and HBM bandwidth (GB/s) of known accelerators, matched
-# against ``device_kind``; used to report achieved fractions of peak.
-PEAKS = {
-    "H100": {"bf16_tflops": 989.0, "hbm_gbps": 3350.0},
-    "H200": {"bf16_tflops": 989.0, "hbm_gbps": 4800.0},
-    "A100": {"bf16_tflops": 312.0, "hbm_gbps": 2039.0},
-    "TPU v5 lite": {"bf16_tflops": 197.0, "hbm_gbps": 819.0},
-    "TPU v5": {"bf16_tflops": 459.0, "hbm_gbps": 2765.0},
-    "TPU v4": {"bf16_tflops": 275.0, "hbm_gbps": 1200.0},
-}
+# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s and memory bandwidth in GB/s, from the
+# vendors' data sheets, keyed by a pattern of the ``device_kind`` that jax reports (the CUDA device
+# name on GPUs). The first matching pattern wins, so specific ones come first; an H100 or H200 of a
+# kind not listed gets no peak rather than another model's.
+PEAKS = (
+    (r"H100 PCIe", {"bf16_tflops": 756.0, "hbm_gbps": 2000.0}),     # "NVIDIA H100 PCIe"
+    (r"H100 NVL", {"bf16_tflops": 835.0, "hbm_gbps": 3900.0}),      # "NVIDIA H100 NVL"
+    (r"H100 (80GB HBM3|SXM)", {"bf16_tflops": 989.0, "hbm_gbps": 3350.0}),  # "NVIDIA H100 80GB HBM3"
+    (r"H200 NVL", {"bf16_tflops": 835.0, "hbm_gbps": 4800.0}),      # "NVIDIA H200 NVL"
+    (r"H200$", {"bf16_tflops": 989.0, "hbm_gbps": 4800.0}),         # "NVIDIA H200" (SXM)
+    (r"A100.*PCIe", {"bf16_tflops": 312.0, "hbm_gbps": 1935.0}),    # "NVIDIA A100 80GB PCIe"
+    (r"A100-SXM4-40GB", {"bf16_tflops": 312.0, "hbm_gbps": 1555.0}),
+    (r"A100-SXM4-80GB", {"bf16_tflops": 312.0, "hbm_gbps": 2039.0}),
+    (r"TPU v6 lite", {"bf16_tflops": 918.0, "hbm_gbps": 1640.0}),   # Trillium (v6e)
+    (r"TPU v5 lite", {"bf16_tflops": 197.0, "hbm_gbps": 819.0}),    # v5e
+    (r"TPU v5", {"bf16_tflops": 459.0, "hbm_gbps": 2765.0}),        # v5p
+    (r"TPU v4", {"bf16_tflops": 275.0, "hbm_gbps": 1200.0}),
+)
 
 
 # Distributions whose versions a results file records when they are installed.
@@ -73,13 +83,19 @@ def device_slug() -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def device_peaks(device_kind: str) -> dict | None:
+    """``{"bf16_tflops": ..., "hbm_gbps": ...}`` of the first ``PEAKS`` pattern found in
+    ``device_kind``, or None for a device not listed (CPUs among them)."""
+    for pattern, values in PEAKS:
+        if re.search(pattern, device_kind.strip(), re.IGNORECASE):
+            return values
+    return None
+
+
 def peak(key: str) -> float | None:
     """The known peak ``key`` (``bf16_tflops`` or ``hbm_gbps``) of the current device, if any."""
-    kind = jax.devices()[0].device_kind
-    for name, values in PEAKS.items():
-        if name.lower() in kind.lower():
-            return values[key]
-    return None
+    values = device_peaks(jax.devices()[0].device_kind)
+    return None if values is None else values[key]
 
 
 def time_fn(fn: Callable, *args, warmup: int = 2, repeats: int = 10,
@@ -137,7 +153,8 @@ def positive_seconds(text: str) -> float:
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     """``--out DIR`` (where the JSON goes) and ``--time-cap SECONDS``, shared by every benchmark."""
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"folder for the JSON results file (default: {RESULTS_DIR})")
+                        help=f"folder for the JSON results file (default: {DEFAULT_OUT}/ in the "
+                             "working directory)")
     parser.add_argument("--time-cap", type=positive_seconds, default=None,
                         help="seconds after which no new entry is started (default: no cap)")
 
@@ -157,9 +174,10 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def write_results(name: str, rows: Sequence[dict], out_dir: Path | None = None,
                   module: str | None = None, **extra) -> Path:
-    """Write ``<out_dir>/<device>-<name>.json`` (default ``benchmarks/results/``) with device facts,
-    package versions, the command (``python -m <module>``, default ``benchmarks.<name>``) and rows."""
-    out_dir = RESULTS_DIR if out_dir is None else Path(out_dir)
+    """Write ``<out_dir>/<device>-<name>.json`` (default ``benchmarks/results/`` of the working
+    directory) with device facts, package versions, the command (``python -m <module>``, default
+    ``benchmarks.<name>``) and rows."""
+    out_dir = DEFAULT_OUT if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{device_slug()}-{name}.json"
     record = {

@@ -3,6 +3,7 @@
 ``preset(name)`` builds a ``ModelConfig`` (transformer, swa, mamba, mamba2, jamba, bmojo_f,
 bmojo, bmojo_f_attn, bmojo_attn); ``LanguageModel(config)`` maps tokens to (logits, aux_loss);
 ``init_cache`` / ``decode_step`` / ``generate`` decode recurrently with a fixed-size cache.
+``bmojo.nnx`` holds the same layer and model as Flax NNX modules.
 """
 
 from .attention import SlidingWindowAttention

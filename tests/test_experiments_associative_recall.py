@@ -5,6 +5,7 @@ attention recalling where a one-token window cannot."""
 
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -43,10 +44,14 @@ def test_help_lists_presets_and_options(capsys):
     (["--stepz=3"], "--stepz"),
     (["--preset=huge"], "huge"),
 ])
-def test_bad_options_are_refused_before_anything_is_written(argv, match, tmp_path):
+def test_bad_options_are_refused_before_anything_is_written(argv, match, tmp_path, capsys):
     out = tmp_path / "results"
-    with pytest.raises(ValueError, match=match):
-        ar.main(argv + [f"--results_dir={out}"])
+    with pytest.raises(SystemExit) as exit_:
+        ar.main(argv + ["--out", str(out)])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m experiments.associative_recall: error: ") and error.count("\n") == 1
+    assert re.search(match, error), error
     assert not out.exists()
 
 
@@ -89,7 +94,7 @@ TINY = dataclasses.replace(ar.PRESETS["tiny"], models=("swa", "bmojo_f", "bmojo"
 
 
 def test_tiny_run_writes_the_report_and_a_rerun_skips_finished_runs(tmp_path, monkeypatch, capsys):
-    config = dataclasses.replace(TINY, results_dir=str(tmp_path))
+    config = dataclasses.replace(TINY, out=str(tmp_path))
     records = ar.run(config)
     table = (tmp_path / "results.md").read_text()
     for name in ("swa", "bmojo_f", "bmojo", "bmojo memory_slots=2", "bmojo fillers=random", "## Ablation: fillers"):
@@ -123,9 +128,14 @@ def test_full_attention_recalls_and_stops_early_where_a_one_token_window_cannot(
     config = dataclasses.replace(
         TINY, models=("transformer", "swa"), sweep=(), ablations=(), seq_len=8, train_pairs=(1,), eval_pairs=(1,),
         window=1, train_examples=512, valid_examples=64, test_examples=64, max_epochs=8, early_stop=0.9,
-        learning_rates=(1e-2,), seeds=1, results_dir=str(tmp_path))
+        learning_rates=(1e-2,), seeds=1, out=str(tmp_path), tensorboard=True)
     records = ar.run(config)
     chance = 1 / (config.vocab_size // 2)  # values are uniform over the upper half of the vocabulary
     transformer, swa = (records[f"{m} lr=0.01 seed=0"] for m in ("transformer", "swa"))
     assert transformer["test_accuracy"]["1"] > 0.9 and transformer["epochs"] < config.max_epochs
     assert swa["test_accuracy"]["1"] < 2 * chance and swa["epochs"] == config.max_epochs
+    # --tensorboard: event files per run next to metrics.jsonl (their contents: test_harness_tensorboard)
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard" / "transformer_lr=0.01_seed=0"))
+    assert {"loss", "examples_per_s", "valid_accuracy"} <= set(events.Reload().Tags()["tensors"])

@@ -41,20 +41,42 @@ def test_config_overrides_presets_and_help(capsys):
     cfg = harness.parse_args(_Config, presets, ["--names=x", "--limit=7"])
     assert cfg.names == ("x",) and cfg.limit == 7
     assert harness.parse_args(_Config, presets, ["--limit=none"]).limit is None
+    # the space-separated forms, dashes for underscores, a bool flag alone, the last value winning
+    cfg = harness.parse_args(_Config, presets, ["--lr", "0.5", "--preset", "big", "--fast", "--pairs", "1,2",
+                                                "--steps", "-3", "--steps", "7"])
+    assert cfg == _Config(steps=7, lr=0.5, pairs=(1, 2), fast=True)
+    assert harness.parse_args(_Config, presets, ["--fast", "false", "--limit", "2"]) == _Config(limit=2)
+    assert harness.parse_args(_Config, presets, ["--fast=false"]).fast is False
+    assert harness.parse_args(_Config, presets, ["--fast", "--steps", "3"]) == _Config(steps=3, fast=True)
     for bad, match in [
         (["--nope=1"], "--nope"),
         (["--steps=ten"], "--steps"),
         (["--fast=maybe"], "--fast"),
         (["--preset=huge"], "huge"),
         (["steps=1"], "steps=1"),
+        (["--steps"], "--steps"),
+        (["--steps", "--lr=1"], "--steps"),
+        (["--fast", "maybe"], "maybe"),
     ]:
         with pytest.raises(ValueError, match=match):
             harness.parse_args(_Config, presets, bad)
     with pytest.raises(SystemExit):
         harness.parse_args(_Config, presets, ["--help"], prog="prog")
     out = capsys.readouterr().out
+    assert out.startswith("usage: prog [--preset NAME] [--key VALUE ...]")
     assert "--lr=0.001" in out and "Peak learning rate." in out and "--pairs=4,8" in out
     assert "big" in out and "steps=1000" in out
+
+
+def test_command_line_error_is_one_line_with_exit_status_2(tmp_path):
+    # the real program with a bad value (found by the config check): no traceback, nothing written
+    done = subprocess.run([sys.executable, "-m", "experiments.associative_recall", "--max_epochs", "0",
+                           "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "experiments.associative_recall" in line]
+    assert len(lines) == 1 and "max_epochs" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("python -m experiments.associative_recall: error: ")
+    assert not (tmp_path / "r").exists()
 
 
 class _TinyLM(nn.Module):

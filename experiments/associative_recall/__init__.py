@@ -14,7 +14,7 @@ encoding, layer pattern, and our SSM-residual variant) get a table each.
     python -m experiments.associative_recall --preset=paper    # B'MOJO's figure, GPU/TPU
     python -m experiments.associative_recall --help
 
-Results folder (`results_dir`): config.json, metrics.jsonl (training loss, validation accuracy per
+Results folder (`--out`): config.json, metrics.jsonl (training loss, validation accuracy per
 epoch, one final record per run), results.md, accuracy_vs_pairs.png, accuracy_vs_memory.png. A rerun
 into the same folder skips finished runs (and resumes unfinished ones from their checkpoints when
 `checkpoint_every` > 0); a rerun with settings that change results is refused.

@@ -108,7 +108,7 @@ class Config:
     """Stop a run at the end of the first epoch whose validation accuracy reaches this."""
     seed: int = 0
     """Seed of the data sets and of the first model seed (model seeds are seed, seed + 1, ...)."""
-    results_dir: str = "runs/associative_recall"
+    out: str = "runs/associative_recall"
     """Results folder; a rerun with the same folder skips finished runs and resumes the others."""
     checkpoint_every: int = 0
     """Steps between checkpoints within a run (0: none; finished runs are kept in metrics.jsonl)."""
@@ -116,9 +116,12 @@ class Config:
     """Steps between training-loss records."""
     progress: bool = True
     """Show progress bars."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard event files in OUT/tensorboard (loss, accuracy,
+    examples/s; needs the `experiments` extra): `tensorboard --logdir OUT/tensorboard`."""
 
 
-RESUMABLE = ("results_dir", "checkpoint_every", "log_every", "progress")
+RESUMABLE = ("out", "checkpoint_every", "log_every", "progress", "tensorboard")
 """Config fields that may change when rerunning into the same results folder; any other change is
 refused, so that one folder never mixes settings."""
 
@@ -133,7 +136,7 @@ PRESETS = {
     "variant": Config(models=("transformer", "swa", "mamba2", "jamba", "bmojo_f", "bmojo"), sweep=("bmojo",),
                       memory_slots_sweep=(0, 4, 16, 32), ablations=(), seq_len=64, train_pairs=(4, 8, 16),
                       eval_pairs=(4, 8, 16), window=4, ssm_state=4, ssm_residual=True, learning_rates=(1e-2,),
-                      seeds=2, max_epochs=10, results_dir="runs/associative_recall_variant"),
+                      seeds=2, max_epochs=10, out="runs/associative_recall_variant"),
     "zoology": Config(models=("transformer", "swa", "mamba", "mamba2", "jamba", "bmojo_f", "bmojo",
                               "bmojo_f_attn", "bmojo_attn"),
                       sweep=("bmojo", "swa", "mamba", "mamba2", "bmojo_f"),
@@ -144,7 +147,7 @@ PRESETS = {
                       d_model=128, n_heads=2, d_ff=256, window=32, ssm_state=16, hybrid_ssm="mamba1",
                       memory_slots=64, memory_topk=16, learning_rates=(1e-4, 4.6e-4, 2.2e-3, 1e-2), seeds=3,
                       extra_seeds=3, max_epochs=64, batch_size=256, checkpoint_every=2000, log_every=100,
-                      results_dir="runs/associative_recall_zoology"),
+                      out="runs/associative_recall_zoology"),
     "paper": Config(models=("transformer", "swa", "mamba", "jamba", "bmojo_f", "bmojo"),
                     sweep=("bmojo", "swa", "mamba", "bmojo_f"), memory_slots_sweep=(0, 16, 32, 64, 128),
                     ablations=ABLATIONS,
@@ -154,7 +157,7 @@ PRESETS = {
                     hybrid_ssm="mamba1", memory_slots=64, memory_topk=16,
                     learning_rates=(1e-4, 4.6e-4, 2.2e-3, 1e-2), seeds=3, extra_seeds=3, max_epochs=64,
                     batch_size=256, checkpoint_every=2000, log_every=100,
-                    results_dir="runs/associative_recall_paper"),
+                    out="runs/associative_recall_paper"),
 }
 """Named settings. `default`: the embedded CPU setting (minutes on 2 cores). `tiny`: the tests'.
 `variant`: our SSM-residual B'MOJO where its fading memory is too small for the task (state 4, up to

@@ -27,9 +27,9 @@ def check_resumable(config: Config, results: harness.Results) -> None:
     changed = [k for k in now if k not in config_lib.RESUMABLE and before.get(k) != now[k]]
     if changed:
         raise ValueError(
-            f"results_dir {str(results.path)!r} holds runs with other settings ("
+            f"results folder {str(results.path)!r} holds runs with other settings ("
             + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
-            + "); choose another --results_dir or remove that folder")
+            + "); choose another --out or remove that folder")
 
 
 def finished(results: harness.Results) -> dict[str, dict]:
@@ -49,13 +49,19 @@ def choose_learning_rates(config: Config, records: dict[str, dict]) -> dict[str,
     return chosen
 
 
+def check(config: Config) -> None:
+    """ValueError, before anything is written, if `config` is invalid or its results folder holds
+    runs with other settings."""
+    config_lib.check(config)
+    plan.check(config)
+    check_resumable(config, harness.Results(config.out))
+
+
 def run(config: Config) -> dict[str, dict]:
     """Run every trial of `config` not finished in its results folder, then write the report.
     Returns {trial name: final record}."""
-    config_lib.check(config)
-    plan.check(config)
-    results = harness.Results(config.results_dir)
-    check_resumable(config, results)
+    check(config)
+    results = harness.Results(config.out, tensorboard=config.tensorboard)
     results.write_config(config)
     records = finished(results)
     tic = time.perf_counter()
@@ -78,9 +84,10 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Command line: build the config from `argv`, run, print results.md and return its path."""
     import experiments.associative_recall as package
 
-    config = harness.parse_args(Config, config_lib.PRESETS, argv, prog="python -m experiments.associative_recall",
-                                description=package.__doc__.split("\n\n")[0])
+    harness.distributed.initialize()  # several processes when launched so (see harness.distributed)
+    config = harness.command_line(Config, config_lib.PRESETS, argv, prog="python -m experiments.associative_recall",
+                                  description=package.__doc__.split("\n\n")[0], check=check)
     run(config)
-    out = pathlib.Path(config.results_dir) / "results.md"
+    out = pathlib.Path(config.out) / "results.md"
     print(out.read_text())
     return out

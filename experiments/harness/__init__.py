@@ -1,8 +1,9 @@
 """Training harness shared by the experiments: configs and their validation, jit-compiled training,
 results, checkpoints, sharding."""
 
+from experiments.harness import distributed
 from experiments.harness.checkpoint import Checkpointer
-from experiments.harness.config import apply_overrides, field_docs, help_text, parse_args
+from experiments.harness.config import apply_overrides, command_line, field_docs, help_text, parse_args
 from experiments.harness.results import Results, atomic_write, markdown_table
 from experiments.harness.sharding import (
     make_mesh,
@@ -21,6 +22,8 @@ __all__ = [
     "apply_overrides",
     "atomic_write",
     "check_fields",
+    "command_line",
+    "distributed",
     "evaluate",
     "field_docs",
     "fit",

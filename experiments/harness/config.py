@@ -1,4 +1,4 @@
-"""Experiment configs: frozen dataclasses with named presets and `--key=value` overrides.
+"""Experiment configs: frozen dataclasses with named presets and command-line overrides.
 
 A config class documents each field with a string literal right after it (an attribute docstring);
 `--help` is generated from the fields, their types, defaults and those docstrings:
@@ -8,11 +8,15 @@ A config class documents each field with a string literal right after it (an att
         steps: int = 100
         \"\"\"Optimizer steps per model.\"\"\"
 
-    config = parse_args(Config, {"big": Config(steps=10_000)}, sys.argv[1:])
+    config = command_line(Config, {"big": Config(steps=10_000)}, prog="python -m experiments.x")
 
-Command line: `--preset=NAME` (applied first), then `--key=value` for any field. Values are parsed by
-the field's type: bool (true/false/1/0/yes/no), int, float, str, `X | None` ("none"), and tuples
-`tuple[int, ...]` / `tuple[str, ...]` written comma-separated (`--pairs=4,8,16`).
+Command line, as Python tools write it: `--preset NAME` (applied first, wherever it stands), then
+`--key value` or `--key=value` for any field (`--some-key` is `--some_key`; a later one wins).
+Values are parsed by the field's type: bool (`--flag` alone is true; `--flag=false`, or
+true/false/1/0/yes/no/on/off after it), int, float, str, `X | None` ("none"), and tuples
+`tuple[int, ...]` / `tuple[str, ...]` written comma-separated (`--pairs 4,8,16`). `parse_args`
+raises ValueError naming the argument; `command_line` turns that into one line on stderr and exit
+status 2, as argparse does.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -104,11 +108,11 @@ def help_text(cls: type, presets: Mapping[str, Any], prog: str, description: str
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     default = cls()
-    lines = [f"usage: {prog} [--preset=NAME] [--key=value ...]", ""]
+    lines = [f"usage: {prog} [--preset NAME] [--key VALUE ...]", ""]
     if description:
         lines += [description.strip(), ""]
     if presets:
-        lines.append("presets (--preset=NAME; later --key=value override it):")
+        lines.append("presets (--preset NAME; later --key VALUE override it):")
         for name, preset in presets.items():
             changed = [
                 f"{f.name}={getattr(preset, f.name)!r}"
@@ -117,7 +121,7 @@ def help_text(cls: type, presets: Mapping[str, Any], prog: str, description: str
             ]
             lines.append(f"  {name:<12} {', '.join(changed) or '(the defaults)'}")
         lines.append("")
-    lines.append("options:")
+    lines.append("options (--key VALUE or --key=VALUE; a bool --key alone is true):")
     for f in dataclasses.fields(cls):
         value = getattr(default, f.name)
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
@@ -127,6 +131,34 @@ def help_text(cls: type, presets: Mapping[str, Any], prog: str, description: str
     return "\n".join(lines)
 
 
+def split_args(argv: Sequence[str], booleans: frozenset[str] = frozenset()) -> dict[str, str]:
+    """{key: text} of `--key value` / `--key=value` arguments (dashes in keys read as underscores).
+    A key in `booleans` may stand alone (then "true") or take a following true/false word."""
+    overrides: dict[str, str] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ValueError(f"argument {arg!r}: expected --key VALUE or --key=VALUE (see --help)")
+        key, sep, text = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        if not sep:
+            following = args[i + 1] if i + 1 < len(args) else None
+            if key in booleans:
+                if following is not None and following.lower() in _TRUE + _FALSE:
+                    text, i = following, i + 1
+                else:
+                    text = "true"
+            elif following is None or following.startswith("--"):
+                raise ValueError(f"argument --{key}: expected a value (--{key} VALUE)")
+            else:
+                text, i = following, i + 1
+        overrides[key] = text
+        i += 1
+    return overrides
+
+
 def parse_args(
     cls: type[C],
     presets: Mapping[str, C],
@@ -134,17 +166,15 @@ def parse_args(
     prog: str | None = None,
     description: str = "",
 ) -> C:
-    """Build a config from `--preset=NAME` and `--key=value` arguments; `--help` prints help and exits."""
+    """Build a config from `--preset NAME` and `--key value` arguments (see the module docstring);
+    `--help` prints help and exits. Bad arguments raise ValueError naming the argument."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(help_text(cls, presets, prog or "python -m ...", description))
         raise SystemExit(0)
-    overrides: dict[str, str] = {}
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"argument {arg!r}: expected --key=value (see --help)")
-        key, text = arg[2:].split("=", 1)
-        overrides[key.replace("-", "_")] = text
+    hints = typing.get_type_hints(cls)
+    booleans = frozenset(f.name for f in dataclasses.fields(cls) if hints[f.name] is bool)
+    overrides = split_args(argv, booleans)
     config = cls()
     if "preset" in overrides:
         name = overrides.pop("preset")
@@ -152,3 +182,24 @@ def parse_args(
             raise ValueError(f"--preset={name!r}: expected one of {', '.join(presets)}")
         config = presets[name]
     return apply_overrides(config, overrides)
+
+
+def command_line(
+    cls: type[C],
+    presets: Mapping[str, C],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str = "",
+    check: Callable[[C], Any] | None = None,
+) -> C:
+    """`parse_args`, then `check(config)` if given, for a program's entry point: a ValueError from
+    either ends the program with one line `PROG: error: MESSAGE` on stderr and exit status 2."""
+    prog = prog or "python -m ..."
+    try:
+        config = parse_args(cls, presets, argv, prog=prog, description=description)
+        if check is not None:
+            check(config)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return config

@@ -4,6 +4,8 @@
     folder/metrics.jsonl   one JSON object per line, e.g. {"run": "mamba", "step": 100, "loss": 1.2}
     folder/results.md      Markdown sections (title, text, tables) written by the experiment
     folder/*.png           plots (matplotlib, Agg backend: no display needed)
+    folder/tensorboard/    optional: the same metrics as TensorBoard event files, one folder per run
+                           (`tensorboard --logdir folder/tensorboard` shows them while a run trains)
 
 A kill at any moment leaves every file either as it was or as newly written: whole files are written
 to a temporary file in the same folder and renamed over the old one (`atomic_write`), and metrics are
@@ -61,12 +63,22 @@ def atomic_write(path: str | pathlib.Path, data: str | bytes) -> None:
 class Results:
     """Writes into `path`; the folder is created by the first write, not by the constructor (so an
     experiment can open its results, validate its config and only then write). Appending metrics
-    survives restarts."""
+    survives restarts.
 
-    def __init__(self, path: str | pathlib.Path):
+    With `tensorboard=True`, every logged record that has a "run" and an integer "step" is also
+    written as TensorBoard scalars (its numeric fields: loss, accuracy, examples_per_s, ...) to
+    `path/tensorboard/<run>/`, through Flax's `flax.metrics.tensorboard` writer (TensorFlow and
+    TensorBoard, from the `experiments` extra, imported only then).
+
+    In a multi-process run only process 0 writes; the others read what it wrote."""
+
+    def __init__(self, path: str | pathlib.Path, tensorboard: bool = False):
         self.path = pathlib.Path(path)
         self.metrics_path = self.path / "metrics.jsonl"
+        self.tensorboard = tensorboard
         self._tail_checked = False  # whether a truncated last record was looked for before appending
+        self._writers: dict[str, Any] = {}  # run name -> TensorBoard summary writer
+        self.writes = jax.process_index() == 0
 
     def _file(self, name: str) -> pathlib.Path:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -74,6 +86,8 @@ class Results:
 
     def write_config(self, config: Any) -> None:
         """config.json: the dataclass `config` plus where and how it ran."""
+        if not self.writes:
+            return
         record = {
             "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
             "command": " ".join(sys.argv),
@@ -105,6 +119,8 @@ class Results:
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one metrics record (JSON-serialisable values; numpy scalars are converted) as one
         complete line, flushed to disk. The first append drops a truncated last record, if any."""
+        if not self.writes:
+            return
         line = json.dumps({k: _plain(v) for k, v in record.items()}) + "\n"
         if not self._tail_checked and self.metrics_path.exists():
             text = self.metrics_path.read_text(errors="replace")
@@ -116,6 +132,22 @@ class Results:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        if self.tensorboard:
+            self._log_tensorboard(record)
+
+    def _log_tensorboard(self, record: Mapping[str, Any]) -> None:
+        """The numeric fields of a record with a "run" and an integer "step", as scalars at that step."""
+        run, step = record.get("run"), _plain(record.get("step"))
+        if not isinstance(run, str) or not isinstance(step, int) or isinstance(step, bool):
+            return
+        if run not in self._writers:
+            self._writers[run] = _summary_writer(self._file("tensorboard") / _folder_name(run))
+        writer = self._writers[run]
+        for key, value in record.items():
+            value = _plain(value)
+            if key not in ("run", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.scalar(key, value, step)
+        writer.flush()
 
     def read_metrics(self) -> list[dict]:
         """The logged records, in order. A truncated or corrupt last line is ignored with a warning
@@ -130,6 +162,8 @@ class Results:
         self._write_metrics(kept)
 
     def _write_metrics(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if not self.writes:
+            return
         atomic_write(self._file(self.metrics_path.name), "".join(json.dumps(r) + "\n" for r in records))
         self._tail_checked = True
 
@@ -157,6 +191,8 @@ class Results:
 
     def write_markdown(self, sections: Sequence[str], name: str = "results.md") -> pathlib.Path:
         """Write the Markdown `sections` (joined by blank lines) to `name`."""
+        if not self.writes:
+            return self.path / name
         out = self._file(name)
         atomic_write(out, "\n\n".join(s.strip() for s in sections) + "\n")
         return out
@@ -175,6 +211,8 @@ class Results:
         Every series gets its own marker and line style, so overlapping lines stay visible; the
         legend sits outside the axes.
         """
+        if not self.writes:
+            return self.path / f"{name}.png"
         fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.8), squeeze=False)
         for ax, panel in zip(axes[0], panels):
             for i, (label, data) in enumerate(panel["series"].items()):
@@ -214,6 +252,21 @@ class Results:
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 _LINES = ("-", "--", "-.", ":")
+
+
+def _summary_writer(folder: pathlib.Path):
+    """Flax's TensorBoard writer for `folder`; TensorFlow is kept off the accelerators (JAX owns them)."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    from flax.metrics import tensorboard
+
+    return tensorboard.SummaryWriter(str(folder))
+
+
+def _folder_name(run: str) -> str:
+    """A run name as one folder name (path separators and spaces replaced)."""
+    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in run) or "_"
 
 
 def _plain(v: Any) -> Any:

@@ -1,6 +1,8 @@
-"""Data parallelism over all local devices with `jax.sharding`.
+"""Data parallelism over all devices of all processes with `jax.sharding`.
 
-A 1-D mesh with axis "data" spans the local devices. Batches are split along their leading axis;
+A 1-D mesh with axis "data" spans every device (of every process, after
+`distributed.initialize`). Batches are split along their leading axis, each process placing only
+the rows that fall on its own devices;
 parameters and optimizer state are placed by a rule `rule(path, array, mesh) -> PartitionSpec`:
 `replicate` (the default) copies them to every device, `shard_largest_axis(min_size)` splits each
 big array along its largest axis divisible by the device count (FSDP-style, XLA inserts the gathers).
@@ -21,8 +23,8 @@ Rule = Callable[[tuple, Any, Mesh], PartitionSpec]
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis "data" over `devices` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else list(devices)
+    """A 1-D mesh with axis "data" over `devices` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
     return Mesh(np.asarray(devices), (DATA,))
 
 
@@ -36,8 +38,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Place a pytree of host arrays (batch, ...) on the mesh, the batch split across devices."""
+    """Place a pytree of host arrays (batch, ...) on the mesh, the batch split across devices.
+
+    `batch` is the global batch, the same on every process; with several processes each one places
+    only its own contiguous block of rows (process i of P: rows i B/P .. (i + 1) B/P - 1, which the
+    mesh's device order puts on its devices)."""
     n = mesh.devices.size
+    processes, index = jax.process_count(), jax.process_index()
 
     def put(path, x):
         if x.shape[0] % n:
@@ -45,7 +52,11 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
                 f"batch{jax.tree_util.keystr(path)} has shape {tuple(x.shape)}; the leading (batch) "
                 f"axis must be divisible by the {n} devices of the mesh"
             )
-        return jax.device_put(x, batch_sharding(mesh))
+        if processes == 1:
+            return jax.device_put(x, batch_sharding(mesh))
+        rows = x.shape[0] // processes
+        local = np.asarray(x[index * rows:(index + 1) * rows])
+        return jax.make_array_from_process_local_data(batch_sharding(mesh), local, x.shape)
 
     return jax.tree_util.tree_map_with_path(put, batch)
 

@@ -26,9 +26,11 @@ __all__ = ["PRESETS", "Config", "main", "run"]
 
 
 def main(argv=None) -> None:
-    """Parse ``--preset=NAME --key=value ...`` (``--help`` lists them) and run."""
-    from experiments.harness import parse_args
+    """Parse ``--preset NAME --key value ...`` (``--help`` lists them) and run; a bad argument ends
+    the program with one line on stderr and exit status 2."""
+    from experiments.harness import command_line
+    from experiments.tangent_composition.config import validate
 
-    config = parse_args(Config, PRESETS, argv, prog="python -m experiments.tangent_composition",
-                        description=__doc__)
+    config = command_line(Config, PRESETS, argv, prog="python -m experiments.tangent_composition",
+                          description=__doc__, check=validate)
     run(config)

@@ -1,0 +1,3 @@
+from experiments.language_model import main
+
+main()
