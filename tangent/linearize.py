@@ -78,6 +78,12 @@ class TangentModel:
             leaves[index[path]] = value
         return jax.tree.unflatten(treedef, leaves)
 
+    def around(self, d: Mapping[str, jax.Array]) -> "TangentModel":
+        """The same kind of model re-linearized at ``w0 + d`` (``params0`` moved by ``d``; the
+        frozen parameters, and so the cached features, are unchanged)."""
+        w = jax.tree.map(jnp.add, self.primal(), self.as_vector(d))
+        return type(self)(self.apply_fn, self.merge(w), self.trainable, self.features_fn, self._all_paths)
+
     def as_vector(self, d: Mapping[str, jax.Array]) -> TangentVector:
         """``d`` as a ``TangentVector`` in the parameters' dtypes; ValueError unless it holds
         exactly the trainable paths with the parameters' shapes."""

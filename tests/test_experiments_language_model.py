@@ -6,6 +6,7 @@ end-to-end run with its rerun."""
 import dataclasses
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 import bmojo
+from experiments import harness
 from experiments import language_model as lm
 from experiments.language_model import config as lm_config
 from experiments.language_model import experiment, models, report, train
@@ -41,10 +43,14 @@ def test_help_lists_presets_and_options(capsys):
     (["--dataset=c4"], "Config.dataset = 'c4'"),
     (["--sample_len=2000"], "Config.sample_len"),
 ])
-def test_bad_options_raise_before_anything_is_written(tmp_path, argv, match):
+def test_bad_options_raise_before_anything_is_written(tmp_path, capsys, argv, match):
     folder = tmp_path / "out"
     with pytest.raises(ValueError, match=match):
+        lm.run(harness.parse_args(lm.Config, lm.PRESETS, argv + [f"--out={folder}"]))
+    assert not folder.exists()
+    with pytest.raises(SystemExit) as exit_:  # the command line: one line on stderr, exit status 2
         lm.main(argv + [f"--out={folder}"])
+    assert exit_.value.code == 2 and re.search(match, capsys.readouterr().err)
     assert not folder.exists()
 
 

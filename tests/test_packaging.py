@@ -10,7 +10,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CORE = {"jax", "flax", "optax", "orbax-checkpoint", "chex", "numpy"}
 # Import names of packages in the `experiments` extra; none may be imported by the core library.
 EXPERIMENTS_ONLY = ("tensorflow", "tensorflow_datasets", "tensorboard", "tqdm", "matplotlib",
-                    "dp_accounting", "safetensors", "tokenizers", "vaderSentiment")
+                    "dp_accounting", "safetensors", "tokenizers")
 
 
 def _name(requirement: str) -> str:

@@ -89,7 +89,11 @@ def test_components_with_vmap_equal_one_by_one():
 
 
 def test_components_mesh_axis_across_two_devices():
+    """Also: the library runs with only its core dependencies (the optional ones blocked)."""
     script = textwrap.dedent("""
+        import sys
+        for name in ("tensorflow", "tensorflow_datasets", "dp_accounting", "tqdm", "matplotlib"):
+            sys.modules[name] = None  # import raises ImportError
         import jax, numpy as np, optax
         from jax.sharding import Mesh
         from tests.test_tangent_train import PARAMS, net, shards
@@ -103,6 +107,12 @@ def test_components_mesh_axis_across_two_devices():
         leaf = sharded.tangent["w1"]
         assert len(leaf.sharding.device_set) == 2, leaf.sharding
         np.testing.assert_allclose(leaf, plain.tangent["w1"], rtol=1e-5, atol=1e-6)
+        try:
+            tangent.epsilon(1.0, batch_size=2, dataset_size=8, steps=3, delta=1e-5)
+        except ImportError as e:
+            assert "pip install dp-accounting" in str(e), e
+        else:
+            raise AssertionError("epsilon ran without dp-accounting")
         print("ok")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -133,10 +143,130 @@ def test_dp_clipping_noise_scale_and_accountant():
     zeros = {"a": jnp.zeros((4, 40000))}
     noisy = privatize(zeros, 2.0, 1.5, jax.random.key(1))["a"]
     np.testing.assert_allclose(np.std(np.asarray(noisy)), 1.5 * 2.0 / 4, rtol=0.03)
-    # Accountant: more noise -> smaller epsilon; more steps -> larger epsilon.
-    eps = lambda sigma, steps: tangent.epsilon(sigma, 0.01, steps, 1e-5)
-    assert eps(2.0, 100) < eps(1.0, 100) < eps(1.0, 1000)
     result = tangent.fit(model, x[0], labels[0], optimizer=optax.sgd(0.1), steps=3, batch_size=4,
                          dp=tangent.DPSGD(l2_clip=1.0, noise_multiplier=1.1), delta=1e-5)
-    np.testing.assert_allclose(result.epsilon, tangent.epsilon(1.1, 4 / 16, 3, 1e-5))
-    assert np.isfinite(result.losses).all()
+    assert np.isfinite(result.losses).all() and 0 < result.epsilon < np.inf
+
+
+def analytic_gaussian_epsilon(mu: float, delta: float) -> float:
+    """The exact epsilon of a Gaussian mechanism with sensitivity / std = mu (Balle & Wang 2018):
+    delta(eps) = Phi(mu/2 - eps/mu) - e^eps Phi(-mu/2 - eps/mu), solved by bisection."""
+    from math import erf, exp, sqrt
+    phi = lambda t: 0.5 * (1 + erf(t / sqrt(2)))
+    lo, hi = 0.0, 100.0
+    for _ in range(200):
+        eps = (lo + hi) / 2
+        lo, hi = (eps, hi) if phi(mu / 2 - eps / mu) - exp(eps) * phi(-mu / 2 - eps / mu) > delta else (lo, eps)
+    return hi
+
+
+def test_accountant_describes_what_ran():
+    # Full batch (q = 1): T steps of the Gaussian mechanism. Replace-one changes the clipped sum by
+    # up to 2C, so with noise std sigma C the composition is one Gaussian with mu = 2 sqrt(T) / sigma;
+    # RDP is an upper bound on its exact epsilon, and a tight one.
+    sigma, steps, delta = 3.0, 4, 1e-5
+    exact = analytic_gaussian_epsilon(2 * np.sqrt(steps) / sigma, delta)
+    rdp = tangent.epsilon(sigma, batch_size=16, dataset_size=16, steps=steps, delta=delta)
+    assert exact <= rdp <= 1.3 * exact, (exact, rdp)
+    # Subsampling amplifies; more noise or fewer steps spend less; Poisson (add/remove, sensitivity C)
+    # spends less than sampling without replacement (replace-one) at the same rate.
+    eps = lambda sigma, steps, **kw: tangent.epsilon(sigma, batch_size=8, dataset_size=800, steps=steps,
+                                                     delta=delta, **kw)
+    assert eps(2.0, 100) < eps(1.0, 100) < eps(1.0, 1000) < tangent.epsilon(
+        1.0, batch_size=800, dataset_size=800, steps=1000, delta=delta)
+    assert eps(1.0, 100, sampling="poisson") < eps(1.0, 100)
+    dp = tangent.DPSGD(l2_clip=1.0, noise_multiplier=sigma)
+    assert dp.epsilon(steps=steps, batch_size=16, dataset_size=16, delta=delta) == rdp
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), float("inf"), "1"])
+def test_clip_must_be_a_positive_finite_number(bad):
+    grads = {"a": jnp.ones((3, 4))}
+    with pytest.raises(ValueError, match="l2_clip=.*positive finite"):
+        tangent.clip(grads, bad)
+    with pytest.raises(ValueError, match="l2_clip=.*positive finite"):
+        tangent.privatize(grads, bad, 1.0, jax.random.key(0))
+    with pytest.raises(ValueError, match="l2_clip=.*positive finite"):
+        tangent.DPSGD(l2_clip=bad, noise_multiplier=1.0)
+
+
+def test_fit_refuses_bad_arguments_before_training():
+    model = tangent.linearize(net, PARAMS)
+    x, y = normal(3, (8, 4)), normal(4, (8, 3))
+    kw = dict(loss="mse", optimizer=optax.sgd(0.1))
+    for steps in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"steps=.*positive integer"):
+            tangent.fit(model, x, y, steps=steps, **kw)
+    with pytest.raises(ValueError, match="noise_multiplier=0.0 with delta"):
+        tangent.fit(model, x, y, steps=1, dp=tangent.DPSGD(1.0, 0.0), delta=1e-5, **kw)
+    with pytest.raises(ValueError, match="noise_multiplier=-1"):
+        tangent.DPSGD(1.0, -1.0)
+    with pytest.raises(ValueError, match="delta=1e-05 without dp"):
+        tangent.fit(model, x, y, steps=1, delta=1e-5, **kw)
+    with pytest.raises(ValueError, match="penalty=-1"):
+        tangent.fit(model, x, y, steps=1, penalty=-1.0, **kw)
+    with pytest.raises(ValueError, match=r"sample_weights must be \(8,\)"):
+        tangent.fit(model, x, y, steps=1, sample_weights=np.ones(3), **kw)
+
+
+def test_non_finite_loss_stops_naming_the_step():
+    model = tangent.linearize(net, PARAMS)
+    x, y = normal(3, (8, 4)), normal(4, (8, 3))
+    # Step 0 evaluates the loss at d = 0 (finite); a nan learning rate makes d nan from step 1 on.
+    with pytest.raises(FloatingPointError, match="is nan at step 1"):
+        tangent.fit(model, x, y, loss="mse", optimizer=optax.sgd(float("nan")), steps=4, log_every=2)
+    with pytest.raises(FloatingPointError, match=r"loss of component 1 is (nan|inf) at step 0"):
+        tangent.fit_components(model, jnp.stack([x, x.at[2, 0].set(jnp.inf)]), jnp.stack([y, y]),
+                               loss="mse", optimizer=optax.sgd(0.1), steps=2)
+
+
+def explicit_jacobian(params, x, paths=("w2", "b1")):
+    """(f0 (n*3,), J (n*3, p)) in float64 of ``net`` at ``params`` in the parameters ``paths``."""
+    w0 = {p: params[p] for p in paths}
+    flat0, unravel = ravel_pytree(w0)
+    f = lambda w_flat: net(dict(params, **unravel(w_flat)), x).reshape(-1)
+    return np.asarray(f(flat0), np.float64), np.asarray(jax.jacfwd(f)(flat0), np.float64)
+
+
+def test_recipe_rsl_schedule_and_norm_penalty_against_numpy():
+    x = normal(3, (8, 4))
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    model = tangent.linearize(net, PARAMS, "w2|b1")
+    steps, lr, kappa, beta, penalty = 6, 0.2, 2.0, 5.0, 0.05
+    recipe = tangent.Recipe(loss="rsl", kappa=kappa, beta=beta, optimizer="sgd", learning_rate=lr,
+                            decay_at=(0.5, 0.8), decay_factor=0.1, penalty=penalty)
+    rates = [lr * 0.1 ** ((t >= 3) + (t >= 5)) for t in range(steps)]  # boundaries round(0.5*6), round(0.8*6)
+    start = {p: normal(7 + i, a.shape, 0.1) for i, (p, a) in enumerate(model.primal().items())}
+    result = tangent.fit(model, x, labels, steps=steps, tangent=start, **recipe.fit_kwargs(steps))
+    # Reference: RSL gradient of f = f0 + J d in float64, plus penalty * d / ||d||.
+    f0, jac = explicit_jacobian(PARAMS, x)
+    onehot = np.eye(3)[labels]
+    target = (beta * onehot).reshape(-1)
+    weight = np.where(onehot, kappa, 1.0).reshape(-1)
+    d = np.asarray(ravel_pytree(tangent.TangentVector(start))[0], np.float64)
+    for rate in rates:
+        residual = f0 + jac @ d - target
+        grad = jac.T @ (2 * weight * residual) / (8 * 3) + penalty * d / np.linalg.norm(d)
+        d -= rate * grad
+    np.testing.assert_allclose(ravel_pytree(result.tangent)[0], d, rtol=1e-4, atol=1e-6)
+    # At d = 0 the penalty's gradient is 0 (not nan).
+    zero = tangent.fit(model, x, labels, steps=2, **recipe.fit_kwargs(2))
+    assert all(np.isfinite(np.asarray(v)).all() for v in zero.tangent.values())
+    assert tangent.recipe("tmc_data").beta == 5 and tangent.recipe("tmc_class").beta == 15
+    # The rate and the run's length live in the optimizer state: one compiled update for all of them.
+    assert recipe.make_optimizer(6).update is recipe.replace(learning_rate=1.0).make_optimizer(9).update
+    with pytest.raises(ValueError, match="kappa=0"):
+        tangent.Recipe(kappa=0)
+    with pytest.raises(ValueError, match="decay_at"):
+        tangent.Recipe(decay_at=(0.8, 0.5))
+
+
+def test_sample_weights_restrict_and_mix_the_batches():
+    model = tangent.linearize(net, PARAMS, "w2|b1")
+    x, y = normal(3, (8, 4)), normal(4, (8, 3))
+    kw = dict(loss="mse", optimizer=optax.sgd(0.3), steps=4)
+    weights = np.array([1, 1, 0, 1, 0, 1, 1, 0], np.float64)
+    chosen = np.flatnonzero(weights)
+    weighted = tangent.fit(model, x, y, batch_size=5, sample_weights=weights, **kw)
+    only = tangent.fit(model, x[chosen], y[chosen], **kw)  # full batch of the 5 weighted examples
+    np.testing.assert_allclose(ravel_pytree(weighted.tangent)[0], ravel_pytree(only.tangent)[0], rtol=1e-5)

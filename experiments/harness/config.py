@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import os
 import sys
 import textwrap
 import types
@@ -170,7 +171,10 @@ def parse_args(
     `--help` prints help and exits. Bad arguments raise ValueError naming the argument."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(help_text(cls, presets, prog or "python -m ...", description))
+        try:
+            print(help_text(cls, presets, prog or "python -m ...", description), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader left; no traceback at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0)
     hints = typing.get_type_hints(cls)
     booleans = frozenset(f.name for f in dataclasses.fields(cls) if hints[f.name] is bool)

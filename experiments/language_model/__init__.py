@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from experiments.data.text import MissingDataError
 from experiments.language_model.config import PRESETS, Config
-from experiments.language_model.experiment import run
+from experiments.language_model.experiment import check, run
 
 __all__ = ["PRESETS", "Config", "main", "run"]
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
 
     harness.distributed.initialize()  # several processes when launched so (see harness.distributed)
     config = harness.command_line(Config, PRESETS, argv, prog="python -m experiments.language_model",
-                                  description=__doc__.split("\n\n")[0])
+                                  description=__doc__.split("\n\n")[0], check=check)
     try:
         folder = run(config)
     except MissingDataError as e:

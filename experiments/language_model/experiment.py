@@ -149,6 +149,14 @@ def evaluate_run(config: Config, run: Run, model_cfg, params, data: Data, result
     return bpb
 
 
+def check(config: Config, results: harness.Results | None = None) -> None:
+    """ValueError, before anything is written, if a model cannot take the longest length or the
+    results folder holds runs with other settings."""
+    for name in config.models:
+        check_length(model_config(config, name, vocab_size(config)), config.max_len, name)
+    check_resumable(config, results or harness.Results(config.out))
+
+
 def check_resumable(config: Config, results: harness.Results) -> None:
     """ValueError if `results` holds runs made with other settings than `config` (only the fields in
     `RESUMABLE` may change between runs into the same folder)."""
@@ -193,10 +201,8 @@ def select(config: Config, model: str, valid: dict[str, float]) -> float:
 def run(config: Config) -> pathlib.Path:
     """Train, select, test and report every model of `config`; returns the results folder."""
     folder = pathlib.Path(config.out)
-    for name in config.models:  # every model is valid and long enough before anything is written
-        check_length(model_config(config, name, vocab_size(config)), config.max_len, name)
     results = harness.Results(folder, tensorboard=config.tensorboard)  # (creates the folder only when it first writes)
-    check_resumable(config, results)
+    check(config, results)
     data = load_data(config, folder)
     results.write_config(config)
     if isinstance(data.tokenizer, text.BpeTokenizer) and not (folder / TOKENIZER_FILE).exists():
