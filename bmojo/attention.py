@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 import ssm_kernels
+from ssm_kernels.ops.bmojo_attention import masks
 
 from .config import ModelConfig
 from .rope import PositionEncoding, apply_rope
@@ -77,6 +78,6 @@ def attend_step(q, sources, scale=None):
     scale = head_dim ** -0.5 if scale is None else scale
     qg = q.astype(jnp.float32).reshape(batch, kv_heads, heads // kv_heads, head_dim)
     scores = jnp.einsum("bkgd,bskd->bkgs", qg, k) * scale
-    scores = jnp.where(visible[:, None, None, :], scores, -jnp.inf)
+    scores = masks.masked(scores, visible[:, None, None, :])
     out = jnp.einsum("bkgs,bskd->bkgd", jax.nn.softmax(scores, axis=-1), v)
     return out.reshape(batch, heads, head_dim).astype(q.dtype)

@@ -21,9 +21,8 @@ import dataclasses
 import enum
 import math
 
-from ssm_kernels.attention.api import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from ssm_kernels.duality.api import IMPLEMENTATIONS as SSD_IMPLEMENTATIONS
-from ssm_kernels.scan.api import IMPLEMENTATIONS as SCAN_IMPLEMENTATIONS
+from ssm_kernels import implementations
+from ssm_kernels.ops.bmojo_attention.masks import memory_horizon
 
 from .memory import Eviction, Predictor, Selection
 from .rope import PositionEncoding
@@ -167,14 +166,14 @@ class ModelConfig:
         for flag in ("tie_embeddings", "ssm_residual"):
             _need(isinstance(getattr(self, flag), bool), flag, getattr(self, flag), "True or False")
         _need(self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}")
-        scans = SCAN_IMPLEMENTATIONS if self.ssm_kind == "mamba1" else SSD_IMPLEMENTATIONS
+        scans = implementations("selective_scan" if self.ssm_kind == "mamba1" else "ssd")
         _need(self.scan_implementation is None or self.scan_implementation in scans,
               "scan_implementation", self.scan_implementation,
-              f"None (auto) or one of {tuple(scans)} for ssm_kind={self.ssm_kind!r}")
-        _need(self.attention_implementation is None
-              or self.attention_implementation in ATTENTION_IMPLEMENTATIONS,
+              f"None (auto) or one of {scans} for ssm_kind={self.ssm_kind!r}")
+        attentions = implementations("bmojo_attention")
+        _need(self.attention_implementation is None or self.attention_implementation in attentions,
               "attention_implementation", self.attention_implementation,
-              f"None (auto) or one of {tuple(ATTENTION_IMPLEMENTATIONS)}")
+              f"None (auto) or one of {attentions}")
         types = tuple(self.block_types) or ("bmojo",) * self.n_layers
         set_("block_types", types)
         _need(len(types) == self.n_layers, "block_types", types,
@@ -210,8 +209,7 @@ class ModelConfig:
 
     def horizon(self, kind: str) -> int:
         """Age at which a token leaves every window of the layer: W, or 2W with the fading window."""
-        w = self.layer_window(kind)
-        return 2 * w if self.uses_fading(kind) else w
+        return memory_horizon(self.layer_window(kind), self.uses_fading(kind))
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (enum members as their strings)."""

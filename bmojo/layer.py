@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 import ssm_kernels
+from ssm_kernels.ops.bmojo_attention import masks
 
 from . import mamba, memory, storage
 from .attention import SlidingWindowAttention, attend_step
@@ -83,15 +84,15 @@ class BMojoLayer(nn.Module):
         self.window = c.layer_window(kind)
         self.has_ssm = kind in SSM_TYPES
         self.has_attention = kind in ATTENTION_TYPES
-        self.fading = c.uses_fading(kind)
-        self.eidetic = c.uses_memory(kind)
-        self.storage = c.uses_storage(kind)
+        self.has_fading = c.uses_fading(kind)
+        self.has_memory = c.uses_memory(kind)
+        self.has_storage = c.uses_storage(kind)
         self.horizon = c.horizon(kind)
         if self.has_ssm:
             self.ssm = mamba.mixer(c)
         if self.has_attention:
             self.attn = SlidingWindowAttention(c, self.window)
-        if self.eidetic and c.innovation == Predictor.LEARNED:
+        if self.has_memory and c.innovation == Predictor.LEARNED:
             self.predictor = nn.Dense(c.d_model, dtype=c.dtype)
 
     def _innovation(self, x, f, f_past, start):
@@ -109,7 +110,7 @@ class BMojoLayer(nn.Module):
     def _output(self, out, f):
         """o(attention) (+ f with ``ssm_residual``)."""
         y = self.attn.output(out)
-        return y + f.astype(y.dtype) if self.fading and self.config.ssm_residual else y
+        return y + f.astype(y.dtype) if self.has_fading and self.config.ssm_residual else y
 
     def __call__(self, x):
         c = self.config
@@ -121,10 +122,10 @@ class BMojoLayer(nn.Module):
         k, v = self.attn.keys_values(x, positions)
         q = self.attn.queries(x, positions)
         sources = {}
-        if self.fading:
+        if self.has_fading:
             sources["fading_k"], sources["fading_v"] = self.attn.keys_values(f, positions)
         slots = []
-        if self.eidetic:
+        if self.has_memory:
             e, aux, _ = self._innovation(x, f, None, 0)
             self.sow("intermediates", "innovation", e)
             snaps, final = memory.store_snapshots(
@@ -132,7 +133,7 @@ class BMojoLayer(nn.Module):
                 rule=memory.StoreRule.from_config(c))
             self.sow("intermediates", "store", {"pos": final["pos"], "score": final["score"]})
             slots.append((snaps["k"], snaps["v"], snaps["pos"]))
-        if self.storage:
+        if self.has_storage:
             retrieved = storage.retrieve(q, k, v, stored_pos=slots[0][2] if slots else None,
                                          **self._storage_sizes())
             self.sow("intermediates", "retrieved", retrieved[2])
@@ -166,35 +167,34 @@ class BMojoLayer(nn.Module):
         for name, value in (("k", k[:, 0]), ("v", v[:, 0])):
             new[name] = _ring_write(cache[name], slot, value)
         new["pos"] = cache["pos"].at[slot].set(t)
-        sources = [(new["k"], new["v"], (new["pos"] >= 0) & (new["pos"] > t - self.window))]
-        if self.fading:
+        w = self.window  # decoding masks: the rules of the attention op, query t, t + 1 tokens so far
+        sources = [(new["k"], new["v"], masks.context_visible(t, new["pos"], w, t + 1))]
+        if self.has_fading:
             fk, fv = self.attn.keys_values(f[:, None], pos1)
             fslot = t % cache["fpos"].shape[0]
             new["fk"] = _ring_write(cache["fk"], fslot, fk[:, 0])
             new["fv"] = _ring_write(cache["fv"], fslot, fv[:, 0])
             new["fpos"] = cache["fpos"].at[fslot].set(t)
-            fpos = new["fpos"]
-            sources.append((new["fk"], new["fv"],
-                            (fpos >= 0) & (fpos > t - 2 * self.window) & (fpos <= t - self.window)))
-        if self.eidetic:
+            sources.append((new["fk"], new["fv"], masks.fading_visible(t, new["fpos"], w, t + 1)))
+        if self.has_memory:
             e, _, new["f_past"] = self._innovation(x[:, None], f[:, None], cache["f_past"], t)
             new["score"] = cache["score"].at[:, slot].set(e[:, 0])
             store = cache["store"]
             sources.append((store["k"], store["v"],
-                            (store["pos"] >= 0) & (store["pos"] <= t - self.horizon)))
-        if self.storage:
+                            masks.memory_visible(t, store["pos"], w, self.has_fading)))
+        if self.has_storage:
             sizes = self._storage_sizes()
-            got = storage.ring_retrieve(cache["ring"], q, t, stored_pos=cache["store"]["pos"] if self.eidetic else None,
+            got = storage.ring_retrieve(cache["ring"], q, t, stored_pos=cache["store"]["pos"] if self.has_memory else None,
                                         **{k_: sizes[k_] for k_ in ("block", "horizon", "capacity", "topk")})
             starts = t % self.config.chunk_size == 0
             for name, value in zip(("retrieved_k", "retrieved_v", "retrieved_pos"), got):
                 new[name] = jnp.where(starts, value.astype(cache[name].dtype), cache[name])
             sources.append((new["retrieved_k"], new["retrieved_v"],
-                            (new["retrieved_pos"] >= 0) & (new["retrieved_pos"] <= t - self.horizon)))
+                            masks.memory_visible(t, new["retrieved_pos"], w, self.has_fading)))
         y = self._output(attend_step(q, sources), f)
-        if self.eidetic:
+        if self.has_memory:
             new["store"] = self._update_store_at_chunk_end(new, store, t)
-        if self.storage:
+        if self.has_storage:
             new["ring"] = self._store_completed_block(new, t)
         return y, new
 

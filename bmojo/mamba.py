@@ -91,8 +91,7 @@ class MambaMixer(nn.Module):
         y, h = ssm_kernels.selective_scan(
             t(u), t(dt), -jnp.exp(self.A_log), t(B), t(C), D=self.D, z=t(z),
             delta_bias=self.dt_bias, delta_softplus=True,
-            initial_state=None if state is None else state["ssm"], return_last_state=True,
-            implementation=implementation)
+            initial_state=None if state is None else state["ssm"], implementation=implementation)
         return self.out_proj(t(y)), {"conv": conv.astype(jnp.float32), "ssm": h}
 
     def __call__(self, x):
@@ -101,7 +100,7 @@ class MambaMixer(nn.Module):
 
     def step(self, x, state):
         """One token x: (batch, d_model) and the state -> (y (batch, d_model), new state)."""
-        y, state = self._forward(x[:, None], state, "sequential")
+        y, state = self._forward(x[:, None], state, "reference")
         return y[:, 0], state
 
 
@@ -127,7 +126,7 @@ class Mamba2Mixer(nn.Module):
         self.norm = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype)
         self.out_proj = nn.Dense(c.d_model, use_bias=False, dtype=c.dtype)
 
-    def _forward(self, x, state, implementation, block_len):
+    def _forward(self, x, state, implementation, chunk_size):
         c = self.config
         e, n, h, p = c.d_inner, c.ssm_state, c.ssm_heads, c.ssm_head_dim
         batch, length = x.shape[:2]
@@ -138,8 +137,8 @@ class Mamba2Mixer(nn.Module):
         xs = xs.reshape(batch, length, h, p)
         Y, final = ssm_kernels.ssd(
             (xs.astype(jnp.float32) * dt[..., None]).astype(x.dtype), -jnp.exp(self.A_log) * dt,
-            B[:, :, None, :], C[:, :, None, :], block_len=block_len,
-            initial_states=None if state is None else state["ssm"], implementation=implementation)
+            B[:, :, None, :], C[:, :, None, :], None if state is None else state["ssm"],
+            chunk_size=chunk_size, implementation=implementation)
         y = (Y + xs * self.D[:, None].astype(x.dtype)).reshape(batch, length, e)
         y = self.norm(y * nn.silu(z))
         return self.out_proj(y), {"conv": conv.astype(jnp.float32), "ssm": final}
@@ -151,7 +150,7 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, x, state):
         """One token x: (batch, d_model) and the state -> (y (batch, d_model), new state)."""
-        y, state = self._forward(x[:, None], state, "sequential", 1)
+        y, state = self._forward(x[:, None], state, "reference", 1)
         return y[:, 0], state
 
 

@@ -8,7 +8,7 @@ benchmarks.gpu_check OUT`` runs them (``pytest -m gpu -x tests/test_gpu.py``). E
 paper shapes). The loss of ``grad`` is linear in the outputs (fixed float32 weights), so that its
 cotangent does not depend on how an output was rounded; that of grad-of-JVP adds half the squared
 JVP, so that the tangent kernels' outputs reach the reverse pass (which, past the kernels' own
-passes, differentiates the pure-JAX forms: see ``ssm_kernels/*/pallas.py``). A mode passes when,
+passes, differentiates the pure-JAX forms: see ``ssm_kernels/_kernel_op.py``). A mode passes when,
 for every output,
 ``max |pallas - xla| <= tol * max |xla|``, with ``tol`` from ``TOL``:
 
@@ -43,15 +43,11 @@ import numpy as np
 import pytest
 
 import bmojo
+import ssm_kernels
 from benchmarks import attention as attention_bench
 from benchmarks import gpu_check
 from benchmarks import kernels as kernel_bench
-from tests import test_bmojo_attention as attention_tests
 from tests import test_bmojo_model as model_tests
-from tests import test_selective_scan as scan_tests
-from tests import test_selective_scan_pallas as scan_pallas_tests
-from tests import test_ssd as ssd_tests
-from tests import test_ssd_pallas as ssd_pallas_tests
 
 REPO = Path(__file__).resolve().parents[1]
 ON_GPU = jax.default_backend() == "gpu"
@@ -77,9 +73,16 @@ DECODE_TOL = 1e-2
 # ------------------------------------------------------------------------------- problems
 
 
-def _random_like(seed, xs):
-    rng = np.random.default_rng(seed)
-    return tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32).astype(x.dtype) for x in xs)
+# "edges" shapes (benchmarks.kernels.SIZES): selective scan 40 channels per group (a full and a
+# padded 32-channel tile), length 100 (padded 16-step chunk), grouped B, D, z, delta_bias and an
+# initial state, state 16 or 5 ("odd-state": padded to 8 for Triton); ssd length 100 with chunk
+# 32 (padded last chunk), headdim 24 -> 32 and state 20 -> 32 (Triton tiles), grouped B/C;
+# attention length 100 (two 64-row blocks, the second padded), W 40 and fading 80 crossing them,
+# snapshots every 30 rows, head_dim 24 -> 32 and 5 slots -> 16 (Triton), 2 kv heads.
+EDGES = {"selective_scan": (kernel_bench.selective_scan_inputs, dict(groups_b=2), {}),
+         "ssd": (kernel_bench.ssd_inputs, dict(groups=2), dict(chunk_size=32)),
+         "attention": (kernel_bench.attention_inputs, dict(memory="chunked", slots=5, chunk=30),
+                       dict(window=40))}
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,44 +90,30 @@ def problem(op: str, shape: str, dtype: str):
     """``(fn, primals, tangents)``: ``fn(implementation)(*primals)`` -> tuple of outputs;
     ``tangents`` None where only forward and grad are checked (the paper shapes)."""
     dtype = jnp.dtype(dtype)
-    if op == "selective_scan" and shape == "paper":  # (8, 1536, 2048, 16)
-        args, _, _, make = kernel_bench.selective_scan_case(kernel_bench.SIZES["paper"][op][0], dtype)
+    if shape == "paper" and op != "attention":  # (8, 1536, 2048, 16); (1, 2048, 24, 64, 128)
+        args, _, _, make = kernel_bench.case(op, kernel_bench.SIZES["paper"][op][0], dtype, 64)
         return make, args, None
-    if op == "selective_scan":  # 40 channels per group: a full and a padded 32-channel tile;
-        # length 100: padded chunk (16); grouped B; D, z, delta_bias, initial state
-        kw = dict(batch=2, dim=80, length=100, state=5 if shape == "odd-state" else 16,
-                  groups_b=2, dtype=dtype)
-        args, tans = scan_tests.make_inputs(0, **kw), scan_tests.make_inputs(1, **kw)
-        names = sorted(args)
-
-        def make(implementation):
-            return scan_pallas_tests.scan_fn(names, implementation, chunk_size=None)
-        return make, tuple(args[n] for n in names), tuple(tans[n] for n in names)
-    if op == "ssd" and shape == "paper":  # (1, 2048, 24, 64, 128), block 64
-        args, _, _, make = kernel_bench.ssd_case(kernel_bench.SIZES["paper"][op][0], dtype, 64)
-        return make, args, None
-    if op == "ssd":  # length 100 with block 32: padded last chunk; headdim 24 -> 32 and
-        # state 20 -> 32 (Triton tiles); grouped B/C; initial state
-        kw = dict(batch=2, length=100, heads=4, headdim=24, state=20, groups=2, dtype=dtype)
-        return (lambda implementation: ssd_pallas_tests.ssd_fn(implementation, block_len=32),
-                ssd_tests.make_inputs(0, **kw), ssd_tests.make_inputs(1, **kw))
     if shape == "paper":  # bmojo case of the attention benchmark: length 4096, W 512, d 128
         length, window, head_dim = 4096, 512, 128
         q, k, v, extra = attention_bench.make_case("bmojo", length, window, head_dim,
                                                    attention_bench.SIZES["paper"], dtype)
-        args = dict(q=q, k=k, v=v, memory_chunk=window, **extra)
-        tangents = None
-    else:  # length 100: two 64-row blocks, the second padded; W 40 and fading 80 cross them;
-        # snapshots every 30 rows; head_dim 24 -> 32 and 5 slots -> 16 (Triton); 2 kv heads
-        window = 40
-        args = attention_tests.make_inputs(0, batch=2, length=100, heads=4, kv_heads=2,
-                                           head_dim=24, memory="chunked", slots=5, chunk=30,
-                                           dtype=dtype)
-        tangents = _random_like(1, attention_tests.differentiable("xla", args, window)[1])
+        args, static, tans = dict(q=q, k=k, v=v, memory_chunk=window, **extra), {}, None
+        static["window"] = window
+    else:
+        sizes = kernel_bench.SIZES["edges"]["bmojo_attention" if op == "attention" else op]
+        inputs, options, static = EDGES[op]
+        shape = sizes[1 if shape == "odd-state" else 0]
+        args, tans = (inputs(shape, dtype, seed=seed, **options) for seed in (0, 1))
+    names = [n for n, a in args.items()
+             if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact)]
+    fixed = {n: a for n, a in args.items() if n not in names}
+    function = getattr(ssm_kernels, "bmojo_attention" if op == "attention" else op)
 
     def make(implementation):
-        return attention_tests.differentiable(implementation, args, window)[0]
-    return make, attention_tests.differentiable("xla", args, window)[1], tangents
+        return lambda *xs: function(**fixed, **dict(zip(names, xs)), **static,
+                                    implementation=implementation)
+    return (make, tuple(args[n] for n in names),
+            None if tans is None else tuple(tans[n] for n in names))
 
 
 def all_modes(fn, primals, tangents):
@@ -205,11 +194,8 @@ def test_pallas_matches_xla_on_device(op, shape, dtype, precision):
 
 @on_gpu
 @pytest.mark.parametrize("name", bmojo.PRESETS)
-def test_decode_matches_parallel_at_default_precision(name, monkeypatch):
-    """tests/test_bmojo_model.py's check, with the Pallas kernels (auto on GPU) and TF32 matmuls.
-
-    The Triton SSD kernels take power-of-two chunks >= 16: block 16 instead of that file's 8."""
-    monkeypatch.setitem(model_tests.TINY, "ssd_block_len", 16)
+def test_decode_matches_parallel_at_default_precision(name):
+    """tests/test_bmojo_model.py's check, with the Pallas kernels (auto on GPU) and TF32 matmuls."""
     config, params, tokens, logits = model_tests._run.__wrapped__(name)[:4]
     stepped = model_tests._decode_fn(config)(params, tokens)
     scale = max(1.0, float(jnp.abs(logits).max()))
@@ -218,8 +204,7 @@ def test_decode_matches_parallel_at_default_precision(name, monkeypatch):
 
 @on_gpu
 def test_selective_scan_state_not_a_power_of_two():
-    """State 5. Passes in interpret mode; the Triton lowering rejects the kernels' (32, 5) loads
-    (power-of-two sizes only), seen on CPU by lowering for CUDA: fails until the scan pads state."""
+    """State 5, padded to 8 on GPU (Triton takes power-of-two sizes only)."""
     _check("selective_scan", "odd-state", "float32", "highest")
 
 

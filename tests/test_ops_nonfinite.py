@@ -1,5 +1,5 @@
 """NaN and inf inputs, full resets, zero-size inputs and empty stores through every
-implementation of the three ops, against the float64 NumPy oracles of their test modules.
+implementation of the three ops, against the float64 NumPy oracles (``tests.oracles``).
 
 A NaN or inf planted at step t must leave every output before t bit-for-bit as with the clean
 input; from t on the outputs (and final states) must be non-finite exactly where the oracle's
@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 
 import ssm_kernels
-from tests.test_bmojo_attention import make_inputs as attention_inputs
-from tests.test_bmojo_attention import oracle as attention_oracle
-from tests.test_selective_scan import make_inputs as scan_inputs
-from tests.test_selective_scan import oracle as scan_oracle
-from tests.test_ssd import make_inputs as ssd_inputs
-from tests.test_ssd import oracle as ssd_oracle
+from benchmarks.kernels import attention_inputs, selective_scan_inputs, ssd_inputs
+from tests.oracles import bmojo_attention as attention_oracle
+from tests.oracles import selective_scan as scan_oracle
+from tests.oracles import ssd as ssd_oracle
 
 VALUES = (np.nan, np.inf, -np.inf)
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -69,8 +67,7 @@ WINDOW, CHUNK = 2, 4
 def _attention_case():
     """Fading window and per-chunk slots (memory_chunk CHUNK); slot 0 of the last snapshot
     holds token T."""
-    args = attention_inputs(3, batch=1, length=11, heads=2, kv_heads=1, head_dim=4,
-                            memory="chunked", slots=3, chunk=CHUNK)
+    args = attention_inputs((1, 11, 2, 1, 4), seed=3, memory="chunked", slots=3, chunk=CHUNK)
     del args["memory_chunk"]
     args["memory_pos"] = jnp.asarray([[[0, -1, 1], [2, 3, -1], [T, 1, 4]]], jnp.int32)
     return args
@@ -87,7 +84,7 @@ def _attention(implementation, **static):
     return f
 
 
-@pytest.mark.parametrize("implementation", ["dense", "xla", "interpret"])
+@pytest.mark.parametrize("implementation", ["reference", "xla", "interpret"])
 def test_attention_nonfinite_reaches_only_the_queries_that_see_it(implementation):
     args = _attention_case()
     f = jax.jit(_attention(implementation, memory_chunk=CHUNK))
@@ -107,8 +104,7 @@ def test_attention_nonfinite_reaches_only_the_queries_that_see_it(implementation
     assert np.isposinf(out[0, T:T + WINDOW, :, 1]).all()
     assert np.isfinite(np.delete(np.asarray(out[0]), np.s_[T:T + WINDOW], axis=0)).all()
     # shared slots (one snapshot for all queries), without fading: slot 1 holds token T
-    shared = attention_inputs(4, batch=1, length=11, heads=2, kv_heads=1, head_dim=4,
-                              fading=False, memory="shared", slots=3)
+    shared = attention_inputs((1, 11, 2, 1, 4), seed=4, fading=False, memory="shared", slots=3)
     shared["memory_pos"] = jnp.asarray([[1, T, -1]], jnp.int32)
     g = jax.jit(_attention(implementation))
     for name in ("memory_k", "memory_v"):
@@ -123,7 +119,7 @@ def test_attention_nonfinite_reaches_only_the_queries_that_see_it(implementation
 
 def test_attention_kernel_gradients_of_earlier_outputs_stay_finite():
     """jax.grad and jax.jvp through the interpreted kernels (backward and tangent kernels)
-    against the dense form, for a loss over the outputs before the planted step."""
+    against the reference form, for a loss over the outputs before the planted step."""
     args = _attention_case()
     names = [n for n in args if n != "memory_pos"]
     clean = tuple(args[n] for n in names)
@@ -138,14 +134,14 @@ def test_attention_kernel_gradients_of_earlier_outputs_stay_finite():
         grad = jax.grad(loss, argnums=tuple(range(len(names))))
         return jax.jit(lambda *xs: (grad(*xs), jax.jvp(loss, xs, clean)[1]))
 
-    kernel, reference = derivatives("interpret"), derivatives("dense")
+    kernel, reference = derivatives("interpret"), derivatives("reference")
     for name, index in ATTENTION_PLANTS:
         for value in (np.nan, np.inf):
             xs = [plant(args, name, index, value)[n] for n in names]
             assert_finite_where_reference_is(kernel(*xs), reference(*xs))
 
 
-@pytest.mark.parametrize("implementation", ["dense", "xla", "interpret"])
+@pytest.mark.parametrize("implementation", ["reference", "xla", "interpret"])
 def test_attention_empty_inputs_and_empty_store(implementation):
     f = _attention(implementation)
     q = jnp.ones((2, 0, 4, 8), jnp.bfloat16)
@@ -155,7 +151,7 @@ def test_attention_empty_inputs_and_empty_store(implementation):
                  memory_chunk=4)
     assert out.shape == (2, 0, 4, 8) and out.dtype == jnp.bfloat16
     assert lse.shape == (2, 0, 4) and lse.dtype == jnp.float32
-    args = attention_inputs(4, batch=2, length=9)
+    args = attention_inputs((2, 9, 4, 2, 8), seed=4)
     without = f(**args)
     for lead in ((2,), (2, 3)):  # shared and per-chunk stores with 0 slots: no store
         store = dict(memory_k=jnp.ones((*lead, 0, 2, 8)), memory_v=jnp.ones((*lead, 0, 2, 8)),
@@ -165,10 +161,10 @@ def test_attention_empty_inputs_and_empty_store(implementation):
             assert_same_bits(got, want)
 
 
-@pytest.mark.parametrize("implementation", ["dense", "xla", "interpret"])
+@pytest.mark.parametrize("implementation", ["reference", "xla", "interpret"])
 def test_attention_traced_out_of_range_memory_pos_means_empty_slots(implementation):
     """Under jit memory_pos cannot be range-checked: positions outside [-1, length) act as -1."""
-    args = attention_inputs(5, batch=1, length=9, memory="shared", slots=4)
+    args = attention_inputs((1, 9, 4, 2, 8), seed=5, memory="shared", slots=4)
     f = jax.jit(_attention(implementation))
     out_of_range = args["memory_pos"].at[0, :2].set(jnp.asarray([9, -7]))
     empty = args["memory_pos"].at[0, :2].set(-1)
@@ -183,17 +179,16 @@ BLOCK = 4
 
 
 def _ssd(implementation):
-    return jax.jit(functools.partial(ssm_kernels.ssd, block_len=BLOCK,
+    return jax.jit(functools.partial(ssm_kernels.ssd, chunk_size=BLOCK,
                                      implementation=implementation))
 
 
 SSD_PLANTS = [("X", (0, T, 1, 2)), ("A", (0, T, 0)), ("B", (0, T, 0, 3)), ("C", (0, T, 1, 0))]
 
 
-@pytest.mark.parametrize("implementation", ["sequential", "xla", "interpret"])
+@pytest.mark.parametrize("implementation", ["reference", "xla", "interpret"])
 def test_ssd_nonfinite_reaches_only_later_steps(implementation):
-    X, A, B, C, h0 = ssd_inputs(6, batch=1, length=11, heads=2, headdim=3, state=4, groups=2)
-    args = dict(X=X, A=A, B=B, C=C, initial_states=h0)
+    args = ssd_inputs((1, 11, 2, 3, 4), seed=6, groups=2)
     f = _ssd(implementation)
     clean, _ = f(**args)
     for name, index in SSD_PLANTS:
@@ -201,18 +196,18 @@ def test_ssd_nonfinite_reaches_only_later_steps(implementation):
             planted = plant(args, name, index, value)
             Y, final = f(**planted)
             assert_same_bits(Y[:, :T], clean[:, :T])
-            want_Y, want_final = oracle_quietly(ssd_oracle, *planted.values())
+            want_Y, want_final = oracle_quietly(ssd_oracle, **planted)
             assert_like_oracle(Y, want_Y)
             assert_like_oracle(final, want_final)
 
 
-@pytest.mark.parametrize("implementation", ["sequential", "xla", "interpret"])
+@pytest.mark.parametrize("implementation", ["reference", "xla", "interpret"])
 def test_ssd_minus_inf_decay_is_a_full_reset(implementation):
     """A = -inf at the first step, mid-chunk, at a chunk start and at a chunk end, twice in one
     chunk; the length is not a multiple of the chunk."""
-    X, A, B, C, h0 = ssd_inputs(7, batch=1, length=14, heads=2, headdim=3, state=4, groups=1)
+    X, A, B, C, h0 = ssd_inputs((1, 14, 2, 3, 4), seed=7, groups=1).values()
     A = A.at[0, jnp.asarray([0, 5, 6, 8, 11, 12]), jnp.asarray([0, 1, 1, 0, 0, 0])].set(-jnp.inf)
-    Y, final = _ssd(implementation)(X, A, B, C, initial_states=h0)
+    Y, final = _ssd(implementation)(X, A, B, C, initial_state=h0)
     want_Y, want_final = ssd_oracle(X, A, B, C, h0)
     np.testing.assert_allclose(Y, want_Y, **TOL)
     np.testing.assert_allclose(final, want_final, **TOL)
@@ -220,22 +215,21 @@ def test_ssd_minus_inf_decay_is_a_full_reset(implementation):
 
 def test_ssd_kernel_gradients_of_earlier_outputs_stay_finite():
     """Gradients and tangents (backward and tangent kernels) of a loss over the steps before
-    the planted one, and through resets, against those of the sequential reference wherever
+    the planted one, and through resets, against those of the reference form wherever
     the reference's are finite."""
-    X, A, B, C, h0 = ssd_inputs(8, batch=1, length=11, heads=2, headdim=3, state=4, groups=2)
+    X, A, B, C, h0 = ssd_inputs((1, 11, 2, 3, 4), seed=8, groups=2).values()
     A = A.at[0, 2, 1].set(-jnp.inf)  # a reset before T as well
 
     def derivatives(implementation):
         def loss(*xs):
-            Y, _ = ssm_kernels.ssd(*xs[:4], block_len=BLOCK, initial_states=xs[4],
-                                   implementation=implementation)
+            Y, _ = ssm_kernels.ssd(*xs, chunk_size=BLOCK, implementation=implementation)
             return jnp.sum(jnp.sin(Y[:, :T]))
         grad = jax.grad(loss, argnums=tuple(range(5)))
         tangents = (X, jnp.ones_like(A), B, C, h0)
         return jax.jit(lambda *xs: (grad(*xs), jax.jvp(loss, xs, tangents)[1]))
 
-    got_fn, want_fn = derivatives("interpret"), derivatives("sequential")
-    args = dict(X=X, A=A, B=B, C=C, initial_states=h0)
+    got_fn, want_fn = derivatives("interpret"), derivatives("reference")
+    args = dict(X=X, A=A, B=B, C=C, initial_state=h0)
     for name, index in SSD_PLANTS:
         for value in (np.nan, np.inf):
             xs = list(plant(args, name, index, value).values())
@@ -245,12 +239,12 @@ def test_ssd_kernel_gradients_of_earlier_outputs_stay_finite():
     assert_finite_where_reference_is(got, want)
 
 
-@pytest.mark.parametrize("implementation", ["sequential", "xla", "interpret"])
+@pytest.mark.parametrize("implementation", ["reference", "xla", "interpret"])
 def test_ssd_zero_length_returns_the_initial_state(implementation):
     X, B = jnp.ones((2, 0, 4, 3), jnp.bfloat16), jnp.ones((2, 0, 2, 5))
     h0 = jnp.arange(2 * 4 * 3 * 5, dtype=jnp.float32).reshape(2, 4, 3, 5)
     for init, want in ((h0, h0), (None, jnp.zeros_like(h0))):
-        Y, final = ssm_kernels.ssd(X, jnp.ones((2, 0, 4)), B, B, initial_states=init,
+        Y, final = ssm_kernels.ssd(X, jnp.ones((2, 0, 4)), B, B, initial_state=init,
                                    implementation=implementation)
         assert Y.shape == X.shape and Y.dtype == X.dtype
         assert_same_bits(final, want)
@@ -258,20 +252,20 @@ def test_ssd_zero_length_returns_the_initial_state(implementation):
 
 # --------------------------------------------------------------------------- selective_scan
 
-SCAN_IMPLEMENTATIONS = ["sequential", "associative", "xla", "interpret"]
+SCAN_IMPLEMENTATIONS = ["reference", "associative", "xla", "interpret"]
 SCAN_PLANTS = [("u", (0, 1, T)), ("delta", (0, 2, T)), ("B", (0, 0, T)), ("C", (0, 2, T)),
                ("z", (0, 3, T))]
 
 
 def _scan(implementation):
     return jax.jit(functools.partial(
-        ssm_kernels.selective_scan, delta_softplus=True, return_last_state=True, chunk_size=4,
+        ssm_kernels.selective_scan, delta_softplus=True, chunk_size=4,
         implementation=implementation))
 
 
 @pytest.mark.parametrize("implementation", SCAN_IMPLEMENTATIONS)
 def test_selective_scan_nonfinite_reaches_only_later_steps(implementation):
-    args = scan_inputs(9, batch=1, dim=4, length=11, state=3)
+    args = selective_scan_inputs((1, 4, 11, 3), seed=9)
     f = _scan(implementation)
     clean, _ = f(**args)
     for name, index in SCAN_PLANTS:
@@ -287,7 +281,7 @@ def test_selective_scan_nonfinite_reaches_only_later_steps(implementation):
 @pytest.mark.parametrize("implementation", SCAN_IMPLEMENTATIONS)
 def test_selective_scan_minus_inf_decay_is_a_full_reset(implementation):
     """A = -inf: exp(dt A) = 0 at every step; length 11 is not a multiple of the chunk (4)."""
-    args = scan_inputs(10, batch=1, dim=4, length=11, state=3)
+    args = selective_scan_inputs((1, 4, 11, 3), seed=10)
     args["A"] = args["A"].at[1, 2].set(-jnp.inf).at[3, 0].set(-jnp.inf)
     y, last = _scan(implementation)(**args)
     want_y, want_last = scan_oracle(delta_softplus=True, **args)
@@ -296,20 +290,20 @@ def test_selective_scan_minus_inf_decay_is_a_full_reset(implementation):
 
 
 def test_selective_scan_kernel_gradients_of_earlier_outputs_stay_finite():
-    """As for ssd: the backward and tangent kernels against the sequential reference."""
-    args = scan_inputs(11, batch=1, dim=4, length=11, state=3)
+    """As for ssd: the backward and tangent kernels against the reference form."""
+    args = selective_scan_inputs((1, 4, 11, 3), seed=11)
     names = list(args)
 
     def derivatives(implementation):
         def loss(*xs):
-            y = ssm_kernels.selective_scan(**dict(zip(names, xs)), delta_softplus=True,
-                                           chunk_size=4, implementation=implementation)
+            y, _ = ssm_kernels.selective_scan(**dict(zip(names, xs)), delta_softplus=True,
+                                              chunk_size=4, implementation=implementation)
             return jnp.sum(jnp.sin(y[..., :T]))
         grad = jax.grad(loss, argnums=tuple(range(len(names))))
         tangents = tuple(args.values())
         return jax.jit(lambda *xs: (grad(*xs), jax.jvp(loss, xs, tangents)[1]))
 
-    got_fn, want_fn = derivatives("interpret"), derivatives("sequential")
+    got_fn, want_fn = derivatives("interpret"), derivatives("reference")
     for name, index in SCAN_PLANTS:
         for value in (np.nan, np.inf):
             xs = list(plant(args, name, index, value).values())
@@ -318,8 +312,7 @@ def test_selective_scan_kernel_gradients_of_earlier_outputs_stay_finite():
 
 @pytest.mark.parametrize("implementation", SCAN_IMPLEMENTATIONS)
 def test_selective_scan_zero_length_returns_the_initial_state(implementation):
-    args = scan_inputs(12, batch=2, dim=4, length=0, state=3)
-    y, last = ssm_kernels.selective_scan(**args, return_last_state=True,
-                                         implementation=implementation)
+    args = selective_scan_inputs((2, 4, 0, 3), seed=12)
+    y, last = ssm_kernels.selective_scan(**args, implementation=implementation)
     assert y.shape == (2, 4, 0) and y.dtype == args["u"].dtype
     assert_same_bits(last, args["initial_state"])

@@ -2,12 +2,10 @@
 
 The tangent model built on an op's fast form ("xla", and the Pallas kernel in interpret
 mode) is checked against ``jax.linearize`` of the same network on the op's ``lax.scan``
-reference ("sequential"): outputs and gradients of the tangent training loss agree, and
+reference ("reference"): outputs and gradients of the tangent training loss agree, and
 gradient descent on the tangent vector lowers the loss. Ops or implementations not yet in ``ssm_kernels``
 are skipped.
 """
-
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +30,7 @@ def ssd_net(params, x, implementation):
     a = -jax.nn.softplus(x @ params["w_a"])  # log-decay (batch, length, heads)
     bb = (x @ params["w_b"]).reshape(b, l, 1, STATE)
     cc = (x @ params["w_c"]).reshape(b, l, 1, STATE)
-    y, _ = ssm_kernels.ssd(xs, a, bb, cc, block_len=4, implementation=implementation)
+    y, _ = ssm_kernels.ssd(xs, a, bb, cc, chunk_size=4, implementation=implementation)
     return y.reshape(b, l, HEADS * HEADDIM) @ params["w_out"]
 
 
@@ -42,8 +40,8 @@ def scan_net(params, x, implementation):
     delta = jnp.swapaxes(x @ params["w_a"], 1, 2)
     bb = jnp.swapaxes(x @ params["w_b"], 1, 2)  # (batch, state, length)
     cc = jnp.swapaxes(x @ params["w_c"], 1, 2)
-    y = ssm_kernels.selective_scan(u, delta, params["A"], bb, cc, delta_softplus=True,
-                                   implementation=implementation)
+    y, _ = ssm_kernels.selective_scan(u, delta, params["A"], bb, cc, delta_softplus=True,
+                                      implementation=implementation)
     return jnp.swapaxes(y, 1, 2) @ params["w_out"]
 
 
@@ -60,27 +58,27 @@ def scan_params():
             "w_c": normal(3, (DIM, STATE), 0.5), "w_out": normal(4, (inner, DIM), 0.5)}
 
 
-CASES = {"ssd": (ssd_net, ssd_params, "duality"), "selective_scan": (scan_net, scan_params, "scan")}
+CASES = {"ssd": (ssd_net, ssd_params), "selective_scan": (scan_net, scan_params)}
 
 
 @pytest.mark.parametrize("implementation", ["xla", "interpret"])
 @pytest.mark.parametrize("op", sorted(CASES))
 def test_ssm_model_linearizes_and_trains_in_tangent_space(op, implementation):
-    net, make_params, folder = CASES[op]
+    net, make_params = CASES[op]
     if not hasattr(ssm_kernels, op):
         pytest.skip(f"ssm_kernels.{op} has not landed yet")
-    if implementation not in importlib.import_module(f"ssm_kernels.{folder}.api").IMPLEMENTATIONS:
+    if implementation not in ssm_kernels.implementations(op):
         pytest.skip(f"ssm_kernels.{op} has no {implementation!r} implementation yet")
     params, x = make_params(), normal(9, (2, LENGTH, DIM))
     # Linearize everything but the input projection.
     fast = tangent.linearize(lambda p, x: net(p, x, implementation), params, r"^(?!w_x)")
-    ref = tangent.linearize(lambda p, x: net(p, x, "sequential"), params, r"^(?!w_x)")
+    ref = tangent.linearize(lambda p, x: net(p, x, "reference"), params, r"^(?!w_x)")
     d = tangent.TangentVector({p: normal(20 + i, a.shape, 0.1) for i, (p, a) in enumerate(fast.primal().items())})
 
     # Reference: jax.linearize of the network on the op's lax.scan form.
     w0 = dict(ref.primal())
     ref_lin = lambda d: (lambda y0, f_jvp: y0 + f_jvp(dict(d)))(
-        *jax.linearize(lambda w: net(ref.merge(w), x, "sequential"), w0))
+        *jax.linearize(lambda w: net(ref.merge(w), x, "reference"), w0))
     target = normal(30, (2, LENGTH, DIM))
 
     def outputs_and_grad(f):
