@@ -14,7 +14,7 @@ import bmojo
 # window 4 and chunk 6 (different on purpose), length 28: 7 windows and 5 chunks.
 TINY = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, window=4, chunk_size=6,
             ssm_state=4, memory_slots=3, memory_topk=2, max_len=64, d_ff=32, ssm_head_dim=8,
-            ssd_block_len=16)  # the GPU's Triton SSD kernel needs a power-of-two block >= 16
+            ssd_block_len=16)
 LENGTH, CUT = 28, 13
 CASES = {name: (name, {}) for name in bmojo.PRESETS} | {
     "bmojo:learned-topk-oldest": ("bmojo", dict(innovation="learned", memory_select="topk",

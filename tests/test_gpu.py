@@ -225,6 +225,32 @@ def test_gpu_check_fails_fast_without_gpu(tmp_path):
     assert elapsed < 10, f"took {elapsed:.1f} s"
 
 
+class _Parsed(Exception):
+    """Raised by the patched parser once a benchmark's arguments are read: nothing runs after."""
+
+
+def test_gpu_check_benchmark_steps_take_their_arguments(tmp_path, monkeypatch):
+    """Every benchmark step of the GPU run passes options its benchmark accepts (a renamed option
+    would otherwise be found only on the GPU machine, at the cost of its scarce time)."""
+    import argparse
+    import importlib
+
+    original = argparse.ArgumentParser.parse_args
+
+    def checked(parser, args=None, namespace=None):
+        original(parser, args, namespace)  # exits with status 2 on an unknown or bad option
+        raise _Parsed()
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", checked)
+    benchmarks = [step for step in gpu_check.steps(tmp_path)
+                  if step.command[1] == "-m" and step.command[2].startswith("benchmarks.")]
+    assert {step.name for step in benchmarks} == {"ceilings", "kernels", "attention", "tangent"}
+    for step in benchmarks:
+        argv = list(step.command[3:]) + (["--time-cap", "60"] if step.capped else [])
+        with pytest.raises(_Parsed):
+            importlib.import_module(step.command[2]).main(argv)
+
+
 def test_gpu_check_targets_read_the_ratios_the_right_way_round():
     """Hand-made result rows: each target's ratio and verdict, computed by hand."""
     results = {

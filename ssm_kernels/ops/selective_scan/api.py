@@ -48,8 +48,7 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, *, chunk_size=None, implementation=None,
-                   return_last_state=None):
+                   initial_state=None, *, chunk_size=None, implementation=None):
     """Mamba-1 selective scan.
 
     Shapes: ``u``, ``delta``, ``z`` (batch, dim, length); ``A`` (dim, state); ``B``, ``C``
@@ -71,13 +70,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     every implementation, as in the sequential recurrence: an entry ``A[d, n] = -inf`` zeroes
     that state at every step with ``dt > 0`` (``exp(dt A) = 0``, a full reset), and a NaN or
     inf input at step t changes no output before t.
-
-    Deprecated, kept while the README's snippet uses it: the former call form, recognised by
-    ``return_last_state`` or ``implementation="sequential"`` (the old name of "reference"),
-    returns ``y`` alone unless ``return_last_state=True``.
     """
-    former = return_last_state is not None or implementation == "sequential"
-    implementation = "reference" if implementation == "sequential" else implementation
     _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size)
     core = _dispatch.resolve("selective_scan", implementation, IMPLEMENTATIONS)
     inputs = [x for x in (u, delta, A, B, C, D, z, delta_bias, initial_state) if x is not None]
@@ -104,4 +97,4 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if z is not None:
         y = y * jax.nn.silu(z.astype(cdt))
     y = y.astype(u.dtype)
-    return y if former and not return_last_state else (y, h_last)
+    return y, h_last
