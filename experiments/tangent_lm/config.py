@@ -79,6 +79,8 @@ def _fail(name: str, value, expected: str):
 
 def validate(c: Config) -> None:
     """ValueError naming the first invalid field (before anything is read or written)."""
+    if not isinstance(c.domains, tuple) or len(c.domains) < 2:
+        _fail("domains", c.domains, "at least two domains (composition and forgetting need two)")
     harness.check_fields(
         c, positive=("plays_per_domain", "pretrain_steps", "train_windows", "steps", "batch_size", "learning_rates",
                      "eval_windows", "eval_batch_size", "dp_noise", "dp_clip", "cost_repeats"),
@@ -90,8 +92,6 @@ def validate(c: Config) -> None:
         values = getattr(c, name)
         if not values or len(set(values)) != len(values):
             _fail(name, values, "at least one entry, none repeated")
-    if len(c.domains) < 2:
-        _fail("domains", c.domains, "at least two domains (composition and forgetting need two)")
     if c.plays_per_domain < 3 or c.plays_per_domain > domains.MAX_PLAYS:
         _fail("plays_per_domain", c.plays_per_domain,
               f"an integer in [3, {domains.MAX_PLAYS}] (train, validation and test plays)")
