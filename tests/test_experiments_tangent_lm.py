@@ -146,9 +146,9 @@ def test_bad_options_exit_before_writing(argv, match, tmp_path, capsys):
 
 def test_tiny_end_to_end_and_rerun(tmp_path):
     out = tmp_path / "out"
-    argv = ["--preset=tiny", f"--out={out}", "--model=transformer", "--cost_models=transformer"]
+    argv = ["--preset=tiny", f"--out={out}", "--model=transformer", "--cost_models="]
     text = tangent_lm.main(argv).read_text()
-    for heading in ("1. Tangent (TAFT)", "2. Composition", "3. Forgetting", "4. DP-SGD", "5. Cost"):
+    for heading in ("1. Tangent (TAFT)", "2. Composition", "3. Forgetting", "4. DP-SGD"):
         assert heading in text
     records = harness.Results(out).read_metrics()
     forget = [r for r in records if r.get("section") == "forget"]

@@ -247,25 +247,23 @@ def section_compose(ex: Experiment, chosen: dict[str, float]) -> None:
 
 def section_inference(ex: Experiment, chosen: dict[str, float]) -> None:
     """Compiled GFLOPs and time of one evaluation batch against the number of components n: the
-    composition and the soup are one model whatever n; the ensemble runs n heads on shared features."""
+    composition and the soup are one model whatever n (measured at n = K); the ensemble runs n
+    fine-tuned parts on shared frozen features (measured at each n)."""
     if ex.find(section="inference"):
         return
-    seed = ex.config.seeds[0]
+    seed, num = ex.config.seeds[0], len(ex.windows.names)
     tangents = ex.vectors("tangent", chosen["tangent"], seed)
     fine = ex.vectors("non-linear", chosen["non-linear"], seed)
     inputs = jnp.asarray(union(ex)[: ex.config.eval_batch_size, :-1])
     repeats = ex.config.cost_repeats
-    for n in range(1, len(ex.windows.names) + 1):
-        first = lambda v: jax.tree.map(lambda a: a[:n], v)  # noqa: E731
-        costs = {
-            "composition": measure.inference_cost(models.log_probs, ex.tangent,
-                                                  tangent.compose(tangent.unstack(first(tangents))), inputs,
-                                                  repeats=repeats),
-            "ensemble": measure.inference_cost(models.ensemble_log_probs, ex.nonlinear, first(fine), inputs,
-                                               repeats=repeats),
-            "soup": measure.inference_cost(models.log_probs, ex.nonlinear,
-                                           tangent.compose(tangent.unstack(first(fine))), inputs, repeats=repeats)}
-        for method, cost in costs.items():
+    one = {"composition": measure.inference_cost(models.log_probs, ex.tangent,
+                                                 tangent.compose(tangent.unstack(tangents)), inputs, repeats=repeats),
+           "soup": measure.inference_cost(models.log_probs, ex.nonlinear, tangent.compose(tangent.unstack(fine)),
+                                          inputs, repeats=repeats)}
+    for n in range(1, num + 1):
+        ensemble = measure.inference_cost(models.ensemble_log_probs, ex.nonlinear,
+                                          jax.tree.map(lambda a: a[:n], fine), inputs, repeats=repeats)
+        for method, cost in (*one.items(), ("ensemble", ensemble)):
             ex.log({"section": "inference", "n": n, "method": method, **cost})
 
 
@@ -295,7 +293,7 @@ def section_forget(ex: Experiment, chosen: dict[str, float]) -> None:
                                      - _logits(ex.tangent, never.vector(), inputs))))
         alone.add(name, vectors[name])
         alone.remove(name)
-        original = bmojo.LanguageModel(ex.model_cfg).apply(ex.tangent.params0, inputs)[0]
+        original = jax.jit(bmojo.LanguageModel(ex.model_cfg).apply)(ex.tangent.params0, inputs)[0]
         empty = float(jnp.max(jnp.abs(_logits(ex.tangent, alone.vector(), inputs) - original)))
         ex.log({"section": "forget", "seed": seed, "domain": name, "max_abs_diff": diff,
                 "empty_max_abs_diff": empty,

@@ -84,11 +84,12 @@ per domain.""",
     cost = ex.find(section="cost")
     rows = [[r["model"], r["blocks"], r["k"], f"{r['tangent_ms']:.1f}", f"{r['nonlinear_ms']:.1f}",
              f"{r['ratio']:.2f}", r["backend"]] for r in cost]
-    sections.append("## 5. Cost of a tangent training step\n\nOne jitted gradient step on cached features "
-                    f"({c.batch_size} windows), median of {c.cost_repeats}, randomly initialised models at the "
-                    "matched size; ratio = tangent / non-linear, measured in one process.\n\n"
-                    + markdown_table(["model", "blocks", "k", "tangent ms", "non-linear ms", "ratio", "backend"],
-                                     rows))
+    if cost:
+        sections.append("## 5. Cost of a tangent training step\n\nOne jitted gradient step on cached features "
+                        f"({c.batch_size} windows), median of {c.cost_repeats}, randomly initialised models at "
+                        "the matched size; ratio = tangent / non-linear, measured in one process.\n\n"
+                        + markdown_table(["model", "blocks", "k", "tangent ms", "non-linear ms", "ratio",
+                                          "backend"], rows))
 
     x = list(range(len(names)))
     series = {"pretrained": (x, [pre[n] for n in names])}
