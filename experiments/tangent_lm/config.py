@@ -86,7 +86,8 @@ def validate(c: Config) -> None:
                      "eval_windows", "eval_batch_size", "dp_noise", "dp_clip", "cost_repeats"),
         nonnegative=("seeds", "k"), finite=("learning_rates", "dp_noise", "dp_clip"),
         probability=("dp_delta",),
-        choices={"model": tuple(bmojo.PRESETS), "lm_preset": tuple(LM_PRESETS), "forget_domain": c.domains, "domains": domains.GENRES, "dp_domain": c.domains,
+        choices={"model": tuple(bmojo.PRESETS), "lm_preset": tuple(LM_PRESETS), "forget_domain": c.domains,
+                 "domains": domains.GENRES, "dp_domain": c.domains,
                  "cost_models": tuple(bmojo.PRESETS)})
     for name in ("domains", "learning_rates", "seeds", "cost_models"):
         values = getattr(c, name)

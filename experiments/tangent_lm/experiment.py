@@ -191,12 +191,12 @@ def config_seq_len(config: Config) -> int:
 
 
 def section_pretrained(ex: Experiment) -> None:
-    for name in ex.windows.names:
-        for split in ("valid", "test"):
-            if not ex.find(section="pretrained", domain=name, split=split):
-                windows = getattr(ex.windows, split)[name]
-                ex.log({"section": "pretrained", "domain": name, "split": split,
-                        "bpb": ex.bpb("non-linear", ex.nonlinear.zeros(), windows)})
+    """The pretrained model's bits per byte on each domain (validation and test) and the union (test)."""
+    sets = [(n, s, getattr(ex.windows, s)[n]) for n in ex.windows.names for s in ("valid", "test")]
+    for name, split, windows in sets + [("union", "test", union(ex))]:
+        if not ex.find(section="pretrained", domain=name, split=split):
+            ex.log({"section": "pretrained", "domain": name, "split": split,
+                    "bpb": ex.bpb("non-linear", ex.nonlinear.zeros(), windows)})
 
 
 def section_adapt(ex: Experiment) -> dict[str, float]:
@@ -206,7 +206,8 @@ def section_adapt(ex: Experiment) -> dict[str, float]:
     for method in METHODS:
         for lr in c.learning_rates:
             for seed in c.seeds:
-                if len(ex.find(section="adapt", method=method, lr=lr, seed=seed, split="valid")) == len(ex.windows.names):
+                done = ex.find(section="adapt", method=method, lr=lr, seed=seed, split="valid")
+                if len(done) == len(ex.windows.names):
                     continue
                 vectors = tangent.unstack(ex.vectors(method, lr, seed))
                 for name, d in zip(ex.windows.names, vectors):

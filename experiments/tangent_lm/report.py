@@ -16,7 +16,7 @@ def _pm(values) -> str:
 def write(ex, chosen: dict[str, float]) -> str:
     """Write results.md and bpb.png; returns the Markdown."""
     c, names = ex.config, list(ex.windows.names)
-    pre = {n: ex.find(section="pretrained", domain=n, split="test")[0]["bpb"] for n in names}
+    pre = {n: ex.find(section="pretrained", domain=n, split="test")[0]["bpb"] for n in names + ["union"]}
 
     def adapted(method, name):
         return [r["bpb"] for r in ex.find(section="adapt", method=method, lr=chosen[method], split="test",
@@ -40,13 +40,12 @@ per domain.""",
     evals = names + ["union"]
     comp = {(e, m): [r["bpb"] for r in ex.find(section="compose", eval=e, method=m)]
             for e in evals for m in ("composition", "ensemble", "soup")}
-    pre["union"] = None
-    rows = [[e, "-" if pre[e] is None else f"{pre[e]:.3f}", *(_pm(comp[e, m]) for m in ("composition", "ensemble", "soup"))]
+    rows = [[e, f"{pre[e]:.3f}", *(_pm(comp[e, m]) for m in ("composition", "ensemble", "soup"))]
             for e in evals]
     sections.append("## 2. Composition of the domain components\n\nComposition: the mean of the tangent "
                     "components (one model); ensemble: the mean of the non-linear models' next-byte "
-                    "distributions; soup: the non-linear models' mean weights. Union: all domains' test windows "
-                    "(the pretrained column is per domain).\n\n"
+                    "distributions; soup: the non-linear models' mean weights. Union: all domains' test "
+                    "windows.\n\n"
                     + markdown_table(["test on", "pretrained", "composition", "ensemble", "soup"], rows))
     inf = ex.find(section="inference")
     rows = []
