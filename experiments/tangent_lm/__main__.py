@@ -1,0 +1,3 @@
+from experiments.tangent_lm import main
+
+main()
