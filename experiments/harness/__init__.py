@@ -3,7 +3,14 @@ results, checkpoints, sharding."""
 
 from experiments.harness import distributed
 from experiments.harness.checkpoint import Checkpointer
-from experiments.harness.config import apply_overrides, command_line, field_docs, help_text, parse_args
+from experiments.harness.config import (
+    apply_overrides,
+    command_line,
+    field_docs,
+    help_text,
+    parse_args,
+    run_command,
+)
 from experiments.harness.results import Results, atomic_write, markdown_table
 from experiments.harness.sharding import (
     make_mesh,
@@ -23,6 +30,7 @@ __all__ = [
     "atomic_write",
     "check_fields",
     "command_line",
+    "run_command",
     "distributed",
     "evaluate",
     "field_docs",

@@ -25,6 +25,7 @@ import ast
 import dataclasses
 import inspect
 import os
+import pathlib
 import sys
 import textwrap
 import types
@@ -207,3 +208,30 @@ def command_line(
         print(f"{prog}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return config
+
+
+def run_command(
+    cls: type[C],
+    presets: Mapping[str, C],
+    run: Callable[[C], pathlib.Path],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
+    description: str = "",
+    check: Callable[[C], Any] | None = None,
+    fatal: tuple[type[Exception], ...] = (),
+) -> pathlib.Path:
+    """An experiment's whole program: join the other processes if launched on several
+    (`distributed.initialize`), `command_line`, then `run(config)` -> its results folder; prints
+    results.md and returns its path. An exception of a type in `fatal` (missing data, say) ends the
+    program with one line `error: MESSAGE`."""
+    from experiments.harness import distributed
+
+    distributed.initialize()
+    config = command_line(cls, presets, argv, prog=prog, description=description, check=check)
+    try:
+        folder = run(config)
+    except fatal as e:
+        raise SystemExit(f"error: {e}") from None
+    out = pathlib.Path(folder) / "results.md"
+    print(out.read_text())
+    return out

@@ -39,13 +39,5 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     return its path. A missing corpus ends the program with one line saying how to get it."""
     from experiments import harness
 
-    harness.distributed.initialize()  # several processes when launched so (see harness.distributed)
-    config = harness.command_line(Config, PRESETS, argv, prog="python -m experiments.language_model",
-                                  description=__doc__.split("\n\n")[0], check=check)
-    try:
-        folder = run(config)
-    except MissingDataError as e:
-        raise SystemExit(f"error: {e}") from None
-    out = folder / "results.md"
-    print(out.read_text())
-    return out
+    return harness.run_command(Config, PRESETS, run, argv, prog="python -m experiments.language_model",
+                               description=__doc__.split("\n\n")[0], check=check, fatal=(MissingDataError,))

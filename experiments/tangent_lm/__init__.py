@@ -39,12 +39,5 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     return its path. Bad arguments end the program with one line and exit status 2."""
     from experiments import harness
 
-    config = harness.command_line(Config, PRESETS, argv, prog="python -m experiments.tangent_lm",
-                                  description=__doc__.split("\n\n")[0], check=check)
-    try:
-        folder = run(config)
-    except MissingDataError as e:
-        raise SystemExit(f"error: {e}") from None
-    out = folder / "results.md"
-    print(out.read_text())
-    return out
+    return harness.run_command(Config, PRESETS, run, argv, prog="python -m experiments.tangent_lm",
+                               description=__doc__.split("\n\n")[0], check=check, fatal=(MissingDataError,))
