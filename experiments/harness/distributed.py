@@ -48,8 +48,3 @@ def initialize() -> bool:
         raise ValueError(f"JAX_NUM_PROCESSES={count}, JAX_PROCESS_ID={index}: expected 0 <= id < count")
     jax.distributed.initialize(given["JAX_COORDINATOR_ADDRESS"], num_processes=count, process_id=index)
     return True
-
-
-def is_main_process() -> bool:
-    """Whether this process writes files shared by all (results, reports): process 0."""
-    return jax.process_index() == 0

@@ -69,11 +69,6 @@ def lm_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
 
 
-def split(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, T + 1) windows -> inputs (n, T), next-byte targets (n, T)."""
-    return windows[:, :-1], windows[:, 1:]
-
-
 def log_probs(model: tangent.TangentModel, d, inputs) -> jax.Array:
     """``log softmax(model(d, inputs))`` (B, T, V)."""
     return jax.nn.log_softmax(model(d, inputs), -1)
