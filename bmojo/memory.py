@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -161,8 +162,10 @@ def chunk_candidates(chunk_index, chunk: int, horizon: int):
     return chunk_index * chunk - horizon + 1 + jnp.arange(chunk)
 
 
+@functools.partial(jax.jit, static_argnames=("slots", "chunk", "horizon", "rule"))
 def store_snapshots(k, v, score, *, slots: int, chunk: int, horizon: int, rule: StoreRule):
-    """Run the store over a sequence; returns (snapshots, final store).
+    """Run the store over a sequence; returns (snapshots, final store). Jitted (the sizes and
+    ``rule`` static), so repeated eager calls compile once.
 
     k, v: (batch, length, kv_heads, head_dim); score: (batch, length).
     snapshots: the store at the start of each chunk, with a chunk axis after batch:

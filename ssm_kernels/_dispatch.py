@@ -14,19 +14,25 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 
+import jax
+
 from ssm_kernels import _compat
 
 ACCELERATORS = ("gpu", "tpu")
 
 
 def table(*, reference: Callable, xla: Callable, pallas: Callable | None = None,
-          **others: Callable) -> dict[str, Callable]:
-    """An op's implementations; ``pallas(..., interpret=)`` gives "pallas" and "interpret"."""
+          static_argnames: tuple[str, ...] = (), **others: Callable) -> dict[str, Callable]:
+    """An op's implementations; ``pallas(..., interpret=)`` gives "pallas" and "interpret".
+
+    Every form is jitted once here (``static_argnames`` static), so repeated eager calls of an
+    op reuse one compiled program instead of tracing a new closure each time.
+    """
     forms = {"reference": reference, "xla": xla, **others}
     if pallas is not None:
         forms.update(pallas=functools.partial(pallas, interpret=False),
                      interpret=functools.partial(pallas, interpret=True))
-    return forms
+    return {name: jax.jit(fn, static_argnames=static_argnames) for name, fn in forms.items()}
 
 
 def resolve(op: str, implementation: str | None, forms: Mapping[str, Callable]) -> Callable:

@@ -15,7 +15,7 @@ from ssm_kernels.ops.bmojo_attention.reference import attention_reference
 from ssm_kernels.ops.bmojo_attention.xla import blocked_attention
 
 IMPLEMENTATIONS = _dispatch.table(reference=attention_reference, xla=blocked_attention,
-                                  pallas=pallas_attention)
+                                  pallas=pallas_attention, static_argnames=("window", "scale", "memory_chunk"))
 
 _SEQ = "(batch, length, kv_heads, head_dim)"
 

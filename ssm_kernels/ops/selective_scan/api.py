@@ -12,7 +12,8 @@ from ssm_kernels import _checks, _dispatch
 from ssm_kernels.ops.selective_scan import pallas, reference, xla
 
 IMPLEMENTATIONS = _dispatch.table(reference=reference.scan_reference, xla=xla.scan_chunked,
-                                  associative=xla.scan_associative, pallas=pallas.scan_pallas)
+                                  associative=xla.scan_associative, pallas=pallas.scan_pallas,
+                                  static_argnames=("chunk_size",))
 
 
 def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_size):

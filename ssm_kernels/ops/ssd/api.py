@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from ssm_kernels import _checks, _dispatch
@@ -10,9 +9,8 @@ from ssm_kernels.ops.ssd.pallas import ssd_pallas
 from ssm_kernels.ops.ssd.reference import compute_dtype, ssd_reference
 from ssm_kernels.ops.ssd.xla import ssd_chunked
 
-# Each form is jitted once (chunk_size static), so eager calls compile one program, not one per op.
-IMPLEMENTATIONS = {name: jax.jit(fn, static_argnames="chunk_size") for name, fn in _dispatch.table(
-    reference=ssd_reference, xla=ssd_chunked, pallas=ssd_pallas).items()}
+IMPLEMENTATIONS = _dispatch.table(reference=ssd_reference, xla=ssd_chunked, pallas=ssd_pallas,
+                                  static_argnames=("chunk_size",))
 
 
 def _validate(X, A, B, C, initial_state, chunk_size):
