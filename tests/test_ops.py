@@ -233,6 +233,16 @@ def test_jvp_and_grad_run_the_tangent_and_backward_kernels(op):
     assert f"{op}_backward" in grad
 
 
+def test_selective_scan_xla_form_has_its_own_tangent_and_backward():
+    """The chunked XLA form differentiates by its written-out tangent and backward (states
+    recomputed from the chunk starts), not by autodiff of its forward scans."""
+    f, xs, ts = differentiable(SCAN, "xla", "float32")
+    jvp = str(jax.make_jaxpr(lambda *x: jax.jvp(f, x, ts))(*xs))
+    grad = str(jax.make_jaxpr(jax.grad(lambda *x: jnp.sum(f(*x)[0])))(*xs))
+    assert "selective_scan_xla_tangent" in jvp and "selective_scan_xla_backward" not in jvp
+    assert "selective_scan_xla_backward" in grad
+
+
 # ------------------------------------------------------------------------------ selective_scan
 
 

@@ -63,9 +63,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Computation runs in float32 (float64 if an input is float64). Returns ``(y, last_state)``:
     ``y`` in ``u.dtype``, ``last_state`` (batch, dim, state) in the compute dtype (ours: always
     both, as the other ops; Mamba's ``selective_scan_fn`` returns the state on request).
-    ``chunk_size`` is the chunk length of the ``"xla"`` (default 64) and Pallas (default 16)
-    forms. ``implementation``: ``None`` (auto), ``"xla"`` (chunked), ``"associative"``,
-    ``"reference"`` (``lax.scan``, one step per position), ``"pallas"`` and ``"interpret"``.
+    ``chunk_size`` is the chunk length of the ``"xla"`` (default: the power of two nearest
+    sqrt(2 length), see :func:`.xla.default_chunk`) and Pallas (default 16) forms.
+    ``implementation``: ``None`` (auto), ``"xla"`` (chunked), ``"associative"``, ``"reference"``
+    (``lax.scan``, one step per position), ``"pallas"`` and ``"interpret"``.
 
     Length 0 gives an empty ``y`` and ``initial_state`` (zeros if None) as ``last_state``. In
     every implementation, as in the sequential recurrence: an entry ``A[d, n] = -inf`` zeroes
