@@ -209,6 +209,7 @@ def measure(op, length, spec, repeats, max_temp, slow_call_s, cap) -> list[dict]
             continue
         for row in (fwd, bwd):
             row["temp_bytes"] = temp_bytes(compiled[row["mode"]])
+            row["temp_mib"] = None if row["temp_bytes"] is None else row["temp_bytes"] / 2**20
             if row["temp_bytes"] is not None and row["temp_bytes"] > max_temp:
                 row["skipped"] = (f"temporaries {row['temp_bytes'] / 2**30:.1f} GiB > "
                                   f"--max-temp-gib {max_temp / 2**30:g}")
@@ -233,6 +234,8 @@ def measure(op, length, spec, repeats, max_temp, slow_call_s, cap) -> list[dict]
                 continue
             seconds, calls = timed(compiled[row["mode"]], args, repeats, slow_call_s)
             row.update(ms=1e3 * seconds, calls=calls)
+            print(f"{op} {length} {form} {row['mode']}: {row['ms']:.4g} ms, "
+                  f"{row['temp_mib']} MiB temporaries", flush=True)
     return rows
 
 
@@ -322,9 +325,6 @@ def main(argv=None):
             rows += measure(op, length, spec, args.repeats, args.max_temp_gib * 2**30,
                             args.slow_call_s, cap)
     add_ratios(rows)
-    for r in rows:
-        if r.get("temp_bytes") is not None:
-            r["temp_mib"] = r["temp_bytes"] / 2**20
     print(f"{common.device_info()['device_kind']}, jax {jax.__version__}, peers {peer_versions()}; "
           "float32, compiled ahead of time, median ms; temp = compiled temporaries")
     print(common.format_table(rows, COLUMNS))

@@ -5,6 +5,8 @@ missing peer is skipped with a note."""
 import importlib.util
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import xla_forms
@@ -68,3 +70,38 @@ def test_bad_arguments_are_refused_before_any_work(argv, message, tmp_path, caps
         xla_forms.main([*argv, "--out", str(tmp_path)])
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_lm_step_memory_only_compiles_and_runs_nothing(monkeypatch, tmp_path):
+    """benchmarks.lm_step --memory-only (issue 15's training-memory figure): each step compiled and
+    its memory reported, no step run."""
+    from benchmarks import lm_step
+
+    def step_and_state(cfg, config, batch, length, reference):  # a stand-in step: (batch, length) floats
+        step = jax.jit(lambda state, data: (state + 1, jnp.sum(jnp.exp(data) * state)),
+                       donate_argnums=0)
+        return step, jnp.ones(()), jnp.zeros((batch, length))
+
+    monkeypatch.setitem(lm_step.SIZES, "quick", {"preset": "tiny", "lengths": (16,),
+                                                 "tokens_per_step": 32})
+    monkeypatch.setattr(lm_step, "step_and_state", step_and_state)
+    monkeypatch.setattr(lm_step.statistics, "median", None)  # a timed step would fail here
+    lm_step.main(["--memory-only", "--models", "mamba2", "--out", str(tmp_path)])
+    record = json.loads((tmp_path / "cpu-lm_step.json").read_text())
+    assert record["memory_only"] and record["models_from"] == "experiment"
+    reference, mamba2 = record["rows"]
+    assert mamba2["model"] == "mamba2" and reference["model"].startswith("transformer")
+    for row in (reference, mamba2):
+        assert row["batch"] == 2 and 0 <= row["temp_gib"] < row["peak_gib"], row
+        assert "step_ms" not in row and "tokens_per_s" not in row
+    assert mamba2["memory_vs_reference"] == pytest.approx(mamba2["peak_gib"] / reference["peak_gib"])
+
+
+@pytest.mark.parametrize("name, ssm_kind", [("mamba", "mamba1"), ("mamba2", "mamba2"),
+                                            ("bmojo", "mamba1")])
+def test_lm_step_library_models_are_the_issue_s_four_layers_of_width_128(name, ssm_kind):
+    from benchmarks import lm_step
+
+    cfg = lm_step.library_config(name, 256, 4096)
+    assert (cfg.n_layers, cfg.d_model, cfg.ssm_kind, cfg.ssm_state) == (4, 128, ssm_kind, 16)
+    assert cfg.max_len == 4096 and cfg.vocab_size == 256
