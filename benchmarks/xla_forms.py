@@ -12,8 +12,8 @@ temporaries (``compiled.memory_analysis().temp_size_in_bytes``), with ratios to 
   ``lax.scan`` and its associative scan) over the dim*state channels of
   ``h_t = a_t * h_{t-1} + x_t``, ``a_t = exp(dt_t A)``, ``x_t = dt_t B_t u_t``, then
   ``y_t = sum_n C_t[n] h_t[n] + D u_t``.
-- ssd (batch 1, length, 4 heads, headdim 64, state 16: the same 256 x 16 states); no JAX library
-  has an SSD op (tokamax has none), so the peer is the same linear scan over the
+- ssd (batch 1, length, 4 heads, headdim 64, state 16: the same 256 x 16 states); we know of no
+  JAX package with an SSD op (tokamax has none), so the peer is the same linear scan over the
   heads*headdim*state channels, ``a_t = exp(A_t)`` per head, ``x_t = X_t B_t^T``, ``Y_t = h_t C_t``.
 - bmojo_attention (batch 1, length, 4 heads, 4 kv heads, head_dim 64, window W = 256, no fading
   window, no memory): peers ``jax.nn.dot_product_attention(is_causal=True,
@@ -24,9 +24,9 @@ Every peer's forward output is compared with ours (the "reference" form where it
 before the peer is timed: a peer whose ``rel_err`` (``common.rel_err``) exceeds ``PEER_TOLERANCE``
 is recorded as disagreeing and not timed. An entry whose compiled temporaries exceed
 ``--max-temp-gib`` is compiled but not run (the quadratic attention forms at long lengths); an entry
-whose first call takes longer than ``--slow-call-s`` is timed by that one call. Peers are optional
-(``pip install -e .[peers]`` and recurrentgemma with ``--no-deps``, see the README); a missing one
-is noted and skipped.
+whose first call (which also gives the output checked) takes longer than ``--slow-call-s`` is
+timed by that one call. Peers are optional (``pip install -e ".[peers]"``, then recurrentgemma with
+``--no-deps``, see the README); a missing one is noted and skipped.
 
     python -m benchmarks.xla_forms                      # 2K, 8K, 32K on this machine
     python -m benchmarks.xla_forms --lengths 2048,8192 --ops selective_scan
@@ -52,7 +52,7 @@ SIZES = {
     "full": {"lengths": (2048, 8192, 32768), "selective_scan": (1, 256, None, 16),
              "ssd": (1, None, 4, 64, 16), "bmojo_attention": (1, None, 4, 4, 64),
              "window": 256, "chunk_size": 64},
-    "quick": {"lengths": (64, 96), "selective_scan": (1, 8, None, 4), "ssd": (1, None, 2, 4, 4),
+    "quick": {"lengths": (32,), "selective_scan": (1, 8, None, 4), "ssd": (1, None, 2, 4, 4),
               "bmojo_attention": (1, None, 2, 2, 8), "window": 16, "chunk_size": 16},
 }
 NOT_XLA = ("pallas", "interpret")
@@ -68,6 +68,7 @@ def our_forms(op: str) -> tuple[str, ...]:
 
 
 def shape_at(op: str, spec: dict, length: int) -> tuple[int, ...]:
+    """The shape of ``op`` in ``spec`` at sequence length ``length``."""
     return tuple(length if s is None else s for s in spec[op])
 
 
@@ -175,14 +176,19 @@ def temp_bytes(compiled) -> int | None:
     return None if analysis is None else int(analysis.temp_size_in_bytes)
 
 
-def timed(compiled, args, repeats: int, slow_call_s: float) -> tuple[float, int]:
-    """(median seconds, calls timed); one call when the first takes more than ``slow_call_s``."""
+def first_call(compiled, args) -> tuple[float, object]:
+    """(seconds, output) of one call of ``compiled``: its warm-up, and the check of its output."""
     start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    first = time.perf_counter() - start
-    if first > slow_call_s:
-        return first, 1
-    return common.time_fn(compiled, *args, warmup=1, repeats=repeats), repeats
+    out = jax.block_until_ready(compiled(*args))
+    return time.perf_counter() - start, out
+
+
+def timed(compiled, args, first_s: float, repeats: int, slow_call_s: float) -> tuple[float, int]:
+    """(median seconds, calls timed): the first call's ``first_s`` alone when it exceeds
+    ``slow_call_s``, else the median of ``repeats`` more calls."""
+    if first_s > slow_call_s:
+        return first_s, 1
+    return common.time_fn(compiled, *args, warmup=0, repeats=repeats), repeats
 
 
 def measure(op, length, spec, repeats, max_temp, slow_call_s, cap) -> list[dict]:
@@ -213,26 +219,27 @@ def measure(op, length, spec, repeats, max_temp, slow_call_s, cap) -> list[dict]
             if row["temp_bytes"] is not None and row["temp_bytes"] > max_temp:
                 row["skipped"] = (f"temporaries {row['temp_bytes'] / 2**30:.1f} GiB > "
                                   f"--max-temp-gib {max_temp / 2**30:g}")
-        if "skipped" not in fwd:
-            out = common.first_output(compiled["fwd"](*args))
-            if base is None and kind == "ours":
-                base = (form, out)
-            if base is not None:
-                fwd["rel_err"], fwd["rel_err_vs"] = common.rel_err(out, base[1]), base[0]
-            if kind == "peer":
-                fwd["agrees"] = fwd.get("rel_err", float("inf")) <= PEER_TOLERANCE
-                if not fwd["agrees"]:  # not timed: it does not compute what ours computes
-                    fwd["error"] = bwd["error"] = (
-                        f"forward disagrees with ours ({base and base[0]}): rel_err "
-                        f"{fwd.get('rel_err')} > {PEER_TOLERANCE}")
-                    continue
         for row in (fwd, bwd):
             if "skipped" in row:
                 continue
             if cap.expired():
                 row["skipped"] = "time cap"
                 continue
-            seconds, calls = timed(compiled[row["mode"]], args, repeats, slow_call_s)
+            first_s, out = first_call(compiled[row["mode"]], args)
+            if row is fwd:
+                out = common.first_output(out)
+                if base is None and kind == "ours":
+                    base = (form, out)
+                if base is not None:
+                    fwd["rel_err"], fwd["rel_err_vs"] = common.rel_err(out, base[1]), base[0]
+                if kind == "peer":
+                    fwd["agrees"] = fwd.get("rel_err", float("inf")) <= PEER_TOLERANCE
+                    if not fwd["agrees"]:  # not timed: it does not compute what ours computes
+                        fwd["error"] = bwd["error"] = (
+                            f"forward disagrees with ours ({base and base[0]}): rel_err "
+                            f"{fwd.get('rel_err')} > {PEER_TOLERANCE}")
+                        break
+            seconds, calls = timed(compiled[row["mode"]], args, first_s, repeats, slow_call_s)
             row.update(ms=1e3 * seconds, calls=calls)
             print(f"{op} {length} {form} {row['mode']}: {row['ms']:.4g} ms, "
                   f"{row['temp_mib']} MiB temporaries", flush=True)
@@ -300,7 +307,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", choices=sorted(SIZES), default="full",
-                        help="full: the shapes above at 2K, 8K, 32K (default); quick: tiny shapes")
+                        help="full: the shapes above at 2K, 8K, 32K (default); quick: tiny shapes "
+                             "at length 32 (the whole run in seconds)")
     parser.add_argument("--lengths", type=positive_ints, default=None,
                         help="comma-separated sequence lengths (default: the sizes' lengths)")
     parser.add_argument("--ops", type=op_names, default=OPS, help="comma-separated ops (default: all)")
