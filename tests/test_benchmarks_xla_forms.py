@@ -1,26 +1,33 @@
-"""benchmarks.xla_forms at tiny sizes: every XLA form and peer of every op gets a row per mode with
-its time and compiled temporaries, the installed peers agree with our reference numerically, and a
-missing peer is skipped with a note."""
+"""benchmarks.xla_forms at tiny sizes: each form and peer gets a row per mode with its time and
+compiled temporaries, every peer computes its op (float64 oracles) and agrees with our reference in
+the run, a missing peer is skipped with a note; and benchmarks.lm_step's memory-only option."""
 
 import importlib.util
 import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import xla_forms
 from benchmarks.peers import PeerUnavailable
+from tests import oracles
 
 
 def test_quick_run_times_every_form_and_checks_the_peers(tmp_path, capsys):
-    xla_forms.main(["--sizes", "quick", "--repeats", "1", "--out", str(tmp_path)])
+    """Two ops (both kinds of entry: a scan with recurrentgemma's peers, attention with jax.nn's and
+    tokamax's); selective_scan's peers are checked by the oracle test below, its forms by test_ops."""
+    ops = ("ssd", "bmojo_attention")
+    xla_forms.main(["--sizes", "quick", "--ops", ",".join(ops), "--repeats", "1",
+                    "--out", str(tmp_path)])
     table = capsys.readouterr().out
     assert "| op | length | impl | mode | ms | temp_mib |" in table
     record = json.loads((tmp_path / "cpu-xla_forms.json").read_text())
     assert record["lengths"] == [32] and record["peer_tolerance"] == xla_forms.PEER_TOLERANCE
     rows = {(r["op"], r["impl"], r["mode"]): r for r in record["rows"]}
-    for op in xla_forms.OPS:
+    assert {op for op, _, _ in rows} == set(ops)
+    for op in ops:
         forms = xla_forms.our_forms(op)
         assert forms[0] == "reference" and "xla" in forms and "pallas" not in forms
         assert {i for o, i, _ in rows if o == op} == set(forms) | set(xla_forms.PEERS[op])
@@ -39,6 +46,31 @@ def test_quick_run_times_every_form_and_checks_the_peers(tmp_path, capsys):
             assert fwd["agrees"] and fwd["rel_err"] <= xla_forms.PEER_TOLERANCE, fwd
             assert rows[op, peer, "fwd+bwd"]["ms"] > 0
             assert rows[op, "xla", "fwd"]["peer"] in xla_forms.PEERS[op]
+
+
+@pytest.mark.parametrize("op, peer", [(op, peer) for op in xla_forms.OPS
+                                      for peer in xla_forms.PEERS[op]])
+def test_each_peer_computes_the_op_like_the_float64_oracle(op, peer):
+    """The peers as the benchmark calls them, forward, against tests.oracles at the quick shapes
+    (both outputs of the scans: y and the last state)."""
+    spec = xla_forms.SIZES["quick"]
+    args, make = xla_forms.entry(op, xla_forms.shape_at(op, spec, spec["lengths"][0]), spec)
+    if importlib.util.find_spec(peer.split()[0]) is None:  # the peer's package
+        with pytest.raises(PeerUnavailable, match="not installed"):
+            make(peer)
+        return
+    got = jax.jit(make(peer))(*args)
+    if op == "bmojo_attention":
+        q, k, v = args
+        want = oracles.bmojo_attention(q, k, v, spec["window"])[:1]
+        got = (got,)
+    elif op == "selective_scan":
+        want = oracles.selective_scan(*args, delta_softplus=True)
+    else:
+        want = oracles.ssd(*args)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
 
 
 def test_a_missing_peer_is_skipped_with_a_note(monkeypatch, capsys):
