@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import time
 
 import jax
@@ -327,6 +328,7 @@ def main(argv=None):
 
     spec = dict(SIZES[args.sizes], **({"lengths": args.lengths} if args.lengths else {}))
     cap = common.TimeCap(args.time_cap)
+    load_start = os.getloadavg()
     rows = []
     for op in args.ops:
         for length in spec["lengths"]:
@@ -344,7 +346,7 @@ def main(argv=None):
         peer_check=("each peer's forward output is compared with ours (rel_err_vs) before it is "
                     "timed; agrees: rel_err <= peer_tolerance"),
         max_temp_gib=args.max_temp_gib, slow_call_s=args.slow_call_s, repeats=args.repeats,
-        time_cap_s=args.time_cap)
+        time_cap_s=args.time_cap, load_average={"start": load_start, "end": os.getloadavg()})
     print(f"\nwrote {path}")
     print("speedup_vs_X = time of X / time of the row (> 1: the row is faster); "
           "temp_vs_X = the row's temporaries / X's")
