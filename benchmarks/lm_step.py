@@ -161,10 +161,12 @@ def run(sizes: str, repeats: int, cap: common.TimeCap, models: tuple[str, ...] |
                 row["error"] = f"{type(err).__name__}: {str(err)[:160]}"
                 rows.append(row)
                 continue
-            gib = {k: None if out[k] is None else out[k] / 2**30 for k in ("peak_bytes", "temp_bytes")}
+            gib = {k: None if out[k] is None else out[k] / 2**30
+                   for k in ("peak_bytes", "temp_bytes")}
             row.update(peak_gib=gib["peak_bytes"], temp_gib=gib["temp_bytes"])
             if out["seconds"] is not None:
-                row.update(step_ms=out["seconds"] * 1e3, tokens_per_s=batch * length / out["seconds"])
+                row.update(step_ms=out["seconds"] * 1e3,
+                           tokens_per_s=batch * length / out["seconds"])
             rows.append(row)
             print(common.format_table([row], list(row)), flush=True)
         ref = rows[-len(cases)]
@@ -180,7 +182,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", choices=sorted(SIZES), default="quick",
-                        help="quick: CPU-sized (default); paper: 130M models at 2K and 8K, bf16")
+                        help="quick: CPU-sized (default); paper: 130M models at 2K and 8K, bf16; "
+                             "memory: 4K tokens, batch 4 (issue 15's training memory)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per entry (default: 3 quick, 10 paper)")
     parser.add_argument("--models", default=None,

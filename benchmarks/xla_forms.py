@@ -87,14 +87,14 @@ def _linear_scan(scan_type: str):
 
 
 def selective_scan_peer(scan):
-    """``f(u, delta, A, B, C, D) -> (y, last_state)`` of ``selective_scan(..., delta_softplus=True)``
+    """``f(u, delta, A, B, C, D) -> (y, last_state)``: ``selective_scan(..., delta_softplus=True)``
     computed by ``scan`` over (batch, length, dim * state) channels."""
 
     def run(u, delta, A, B, C, D):
         batch, dim, length = u.shape
         state = A.shape[1]
         dt = jnp.swapaxes(jax.nn.softplus(delta), 1, 2)                  # (batch, length, dim)
-        a = jnp.exp(dt[..., None] * A)                                   # (batch, length, dim, state)
+        a = jnp.exp(dt[..., None] * A)                          # (batch, length, dim, state)
         x = (dt * jnp.swapaxes(u, 1, 2))[..., None] * jnp.swapaxes(B, 1, 2)[:, :, None, :]
         h, last = scan(x.reshape(batch, length, -1), a.reshape(batch, length, -1))
         y = jnp.einsum("bldn,bnl->bdl", h.reshape(batch, length, dim, state), C)
@@ -111,7 +111,7 @@ def ssd_peer(scan):
         batch, length, heads, headdim = X.shape
         state = B.shape[-1]
         a = jnp.broadcast_to(jnp.exp(A)[..., None, None], (batch, length, heads, headdim, state))
-        x = X[..., None] * B[:, :, :, None, :]                           # (b, l, heads, headdim, state)
+        x = X[..., None] * B[:, :, :, None, :]                  # (b, l, heads, headdim, state)
         h, last = scan(x.reshape(batch, length, -1), a.reshape(batch, length, -1))
         Y = jnp.einsum("blhpn,blhn->blhp", h.reshape(x.shape), C)
         return Y, last.reshape(batch, heads, headdim, state)
@@ -167,7 +167,7 @@ def entry(op: str, shape: tuple[int, ...], spec: dict):
 
 
 def compile_modes(fn, args) -> dict:
-    """``{mode: compiled}``: ``fn`` and its forward+backward, compiled ahead of time for ``args``."""
+    """``{mode: compiled}``: ``fn`` and its forward+backward, compiled ahead of time."""
     return {"fwd": jax.jit(fn).lower(*args).compile(),
             "fwd+bwd": jax.jit(kernels.forward_backward(fn)).lower(*args).compile()}
 
@@ -242,8 +242,9 @@ def measure(op, length, spec, repeats, max_temp, slow_call_s, cap) -> list[dict]
                         break
             seconds, calls = timed(compiled[row["mode"]], args, first_s, repeats, slow_call_s)
             row.update(ms=1e3 * seconds, calls=calls)
-            print(f"{op} {length} {form} {row['mode']}: {row['ms']:.4g} ms, "
-                  f"{row['temp_mib']} MiB temporaries", flush=True)
+            mib = "?" if row["temp_mib"] is None else f"{row['temp_mib']:.4g}"
+            print(f"{op} {length} {form} {row['mode']}: {row['ms']:.4g} ms, {mib} MiB temporaries",
+                  flush=True)
     return rows
 
 
@@ -286,7 +287,8 @@ def positive_ints(text: str) -> tuple[int, ...]:
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers; got {text!r}")
     return values
 
 
@@ -295,7 +297,8 @@ def op_names(text: str) -> tuple[str, ...]:
     names = tuple(text.split(","))
     unknown = [n for n in names if n not in OPS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown ops {unknown} in {text!r}; expected names from {OPS}")
+        raise argparse.ArgumentTypeError(
+            f"unknown ops {unknown} in {text!r}; expected names from {OPS}")
     return names
 
 
@@ -312,7 +315,8 @@ def main(argv=None):
                              "at length 32 (the whole run in seconds)")
     parser.add_argument("--lengths", type=positive_ints, default=None,
                         help="comma-separated sequence lengths (default: the sizes' lengths)")
-    parser.add_argument("--ops", type=op_names, default=OPS, help="comma-separated ops (default: all)")
+    parser.add_argument("--ops", type=op_names, default=OPS,
+                        help="comma-separated ops (default: all)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per entry (median)")
     parser.add_argument("--max-temp-gib", type=float, default=6.0,
                         help="entries whose compiled temporaries exceed this many GiB are not run")
@@ -324,7 +328,8 @@ def main(argv=None):
         parser.error(f"--repeats={args.repeats}: expected a positive integer")
     for name in ("max_temp_gib", "slow_call_s"):
         if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: expected a positive number")
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: "
+                         "expected a positive number")
 
     spec = dict(SIZES[args.sizes], **({"lengths": args.lengths} if args.lengths else {}))
     cap = common.TimeCap(args.time_cap)
