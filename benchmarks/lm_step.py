@@ -9,11 +9,16 @@ CPU). The reference is the same Transformer (same parameters) with its attention
 attention call is replaced with `flax.linen.intercept_methods`, nothing else changes.
 
 Peak memory is what XLA plans for the compiled step (`compiled.memory_analysis()`: arguments +
-outputs + temporaries - donated aliases); time is the median of the timed steps (the state is
-donated and fed back, as in training).
+outputs + temporaries - donated aliases; `temp_gib`: the temporaries alone); time is the median of
+the timed steps (the state is donated and fed back, as in training). `--memory-only` compiles each
+step and reports its memory without running it. `--models-from library` builds every preset at the
+library's defaults (`bmojo.preset(name)`: 4 layers of width 128, window 64, state 16, Mamba-1 in the
+hybrids) instead of the experiment's matched models.
 
     python -m benchmarks.lm_step                 # CPU-sized: the experiment's default models at 256/1024
     python -m benchmarks.lm_step --sizes paper   # the 130M models at 2K and 8K context, bf16 (GPU/TPU)
+    python -m benchmarks.lm_step --sizes memory --models-from library --memory-only \
+        --models mamba,mamba2,bmojo     # issue 15: training temporaries at 4K tokens, batch 4
     (--models=a,b to choose presets, --out DIR for the JSON, --time-cap SECONDS)
 
 Goal on an H100/H200: B'MOJO's step at least as fast as the Transformer's at 2K and faster at 8K.
@@ -35,14 +40,16 @@ import bmojo
 from benchmarks import common
 from experiments import harness
 from experiments.language_model import PRESETS
-from experiments.language_model.config import model_names
+from experiments.language_model.config import STORAGE, model_names
 from experiments.language_model.models import model_config
 from experiments.language_model.train import make_loss_fn, optimizer
 
 SIZES = {
     "quick": {"preset": "default", "lengths": (256, 1024), "tokens_per_step": 2048},
     "paper": {"preset": "paper", "lengths": (2048, 8192), "tokens_per_step": 65536},
+    "memory": {"preset": "default", "lengths": (4096,), "tokens_per_step": 16384},
 }
+MODELS_FROM = ("experiment", "library")
 REFERENCE = "transformer"
 
 
@@ -96,14 +103,23 @@ def step_and_state(cfg: bmojo.ModelConfig, config, batch: int, length: int, refe
     return step, harness.TrainState.create(params, opt, 0), data
 
 
+def library_config(name: str, vocab: int, length: int) -> bmojo.ModelConfig:
+    """Preset `name` at the library's defaults (`bmojo.preset`), for `vocab` tokens and `length`."""
+    return bmojo.preset(name, vocab_size=vocab, max_len=max(length, bmojo.ModelConfig.max_len))
+
+
 def measure(step, state, data, repeats: int) -> dict:
-    """Peak bytes of the compiled step and the median step time (s) over `repeats` steps."""
+    """Peak and temporary bytes of the compiled step and, unless `repeats` is 0, the median step
+    time (s) over `repeats` steps."""
     compiled = step.lower(state, data).compile()
     mem = compiled.memory_analysis()
-    peak = None
+    peak = temp = None
     if mem is not None:
         peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes)
+        temp = mem.temp_size_in_bytes
+    if repeats == 0:
+        return {"seconds": None, "peak_bytes": peak, "temp_bytes": temp}
     for _ in range(2):  # warm-up
         state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
@@ -113,10 +129,12 @@ def measure(step, state, data, repeats: int) -> dict:
         state, metrics = compiled(state, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - tic)
-    return {"seconds": statistics.median(times), "peak_bytes": peak}
+    return {"seconds": statistics.median(times), "peak_bytes": peak, "temp_bytes": temp}
 
 
-def run(sizes: str, repeats: int, cap: common.TimeCap, models: tuple[str, ...] | None = None) -> list[dict]:
+def run(sizes: str, repeats: int, cap: common.TimeCap, models: tuple[str, ...] | None = None,
+        models_from: str = "experiment") -> list[dict]:
+    """Rows of every model at every length; `repeats` 0: compiled memory only."""
     spec = SIZES[sizes]
     on_gpu = jax.default_backend() == "gpu"
     reference_impl = "cudnn" if on_gpu else "xla"
@@ -127,9 +145,12 @@ def run(sizes: str, repeats: int, cap: common.TimeCap, models: tuple[str, ...] |
         batch = max(1, spec["tokens_per_step"] // length)
         vocab = 256 if config.tokenizer == "byte" else config.bpe_vocab
         cases = [(f"{REFERENCE} (dot_product_attention {reference_impl})", REFERENCE, reference_impl)]
-        cases += [(name, name, None) for name in (models or config.models)]
+        names = models or tuple(m for m in config.models  # the library presets have no storage
+                                if models_from == "experiment" or not m.endswith(STORAGE))
+        cases += [(name, name, None) for name in names]
         for label, name, reference in cases:
-            cfg = model_config(config, name, vocab)
+            cfg = (model_config(config, name, vocab) if models_from == "experiment"
+                   else library_config(name, vocab, length))
             row = {"model": label, "length": length, "batch": batch, "params": cfg.num_params()}
             if cap.expired():
                 rows.append({**row, "skipped": "time cap"})
@@ -140,16 +161,20 @@ def run(sizes: str, repeats: int, cap: common.TimeCap, models: tuple[str, ...] |
                 row["error"] = f"{type(err).__name__}: {str(err)[:160]}"
                 rows.append(row)
                 continue
-            row.update(step_ms=out["seconds"] * 1e3, tokens_per_s=batch * length / out["seconds"],
-                       peak_gib=None if out["peak_bytes"] is None else out["peak_bytes"] / 2**30)
+            gib = {k: None if out[k] is None else out[k] / 2**30
+                   for k in ("peak_bytes", "temp_bytes")}
+            row.update(peak_gib=gib["peak_bytes"], temp_gib=gib["temp_bytes"])
+            if out["seconds"] is not None:
+                row.update(step_ms=out["seconds"] * 1e3,
+                           tokens_per_s=batch * length / out["seconds"])
             rows.append(row)
             print(common.format_table([row], list(row)), flush=True)
         ref = rows[-len(cases)]
         for row in rows[-len(cases):]:
             if "tokens_per_s" in row and "tokens_per_s" in ref:
                 row["speed_vs_reference"] = row["tokens_per_s"] / ref["tokens_per_s"]
-                if row["peak_gib"] and ref["peak_gib"]:
-                    row["memory_vs_reference"] = row["peak_gib"] / ref["peak_gib"]
+            if row.get("peak_gib") and ref.get("peak_gib"):
+                row["memory_vs_reference"] = row["peak_gib"] / ref["peak_gib"]
     return rows
 
 
@@ -157,11 +182,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", choices=sorted(SIZES), default="quick",
-                        help="quick: CPU-sized (default); paper: 130M models at 2K and 8K, bf16")
+                        help="quick: CPU-sized (default); paper: 130M models at 2K and 8K, bf16; "
+                             "memory: 4K tokens, batch 4 (issue 15's training memory)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per entry (default: 3 quick, 10 paper)")
     parser.add_argument("--models", default=None,
                         help="comma-separated presets or PRESET+storage (default: the experiment's models)")
+    parser.add_argument("--models-from", choices=MODELS_FROM, default="experiment",
+                        help="experiment: the models of experiments.language_model, matched in "
+                             "parameters (default); library: bmojo.preset(name) at its defaults")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="compile each step and report its memory; run nothing")
     common.add_output_args(parser)
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.sizes == "quick" else 10)
@@ -171,12 +202,17 @@ def main(argv=None):
     unknown = [m for m in models or () if m not in model_names()]
     if unknown:
         parser.error(f"--models has {unknown}; expected names from {model_names()}")
-    rows = run(args.sizes, repeats, common.TimeCap(args.time_cap), models)
+    if args.models_from == "library" and any(m.endswith(STORAGE) for m in models or ()):
+        parser.error(f"--models {args.models} with --models-from library: the library presets have "
+                     "no in-storage memory; name plain presets")
+    rows = run(args.sizes, 0 if args.memory_only else repeats, common.TimeCap(args.time_cap),
+               models, args.models_from)
     columns = ["model", "length", "batch", "params", "step_ms", "tokens_per_s", "peak_gib",
-               "speed_vs_reference", "memory_vs_reference", "error", "skipped"]
+               "temp_gib", "speed_vs_reference", "memory_vs_reference", "error", "skipped"]
     print(common.format_table(rows, columns))
     path = common.write_results("lm_step", rows, out_dir=args.out, sizes=args.sizes,
                                 spec=SIZES[args.sizes], time_cap_s=args.time_cap,
+                                models_from=args.models_from, memory_only=args.memory_only,
                                 reference=f"{REFERENCE} with jax.nn.dot_product_attention")
     print(f"\nwrote {path}")
     print("speed_vs_reference = tokens/s of the row / tokens/s of the reference Transformer (> 1: faster)")
