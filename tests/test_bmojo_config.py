@@ -63,8 +63,8 @@ def test_presets_build_their_block_patterns():
     assert bmojo.preset("bmojo_attn").position_encoding == "rope"
     assert bmojo.preset("mamba2").ssm_kind == "mamba2" and bmojo.preset("mamba").d_ff == 0
     config = bmojo.preset("bmojo", window=8)
-    assert config.chunk_size == 8 and config.horizon("bmojo") == 16 and config.uses_memory("bmojo")
-    assert not config.uses_memory("bmojo_f") and config.horizon("swa") == 8
+    assert config.chunk_size == 8 and config.layer_spec("bmojo").horizon == 16 and config.layer_spec("bmojo").memory
+    assert not config.layer_spec("bmojo_f").memory and config.layer_spec("swa").horizon == 8
     restored = bmojo.ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config and hash(restored) == hash(config)
 

@@ -14,7 +14,7 @@ import bmojo
 # window 4 and chunk 6 (different on purpose), length 28: 7 windows and 5 chunks.
 TINY = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, window=4, chunk_size=6,
             ssm_state=4, memory_slots=3, memory_topk=2, max_len=64, d_ff=32, ssm_head_dim=8,
-            ssd_block_len=16)
+            ssd_chunk_size=16)
 LENGTH, CUT = 28, 13
 CASES = {name: (name, {}) for name in bmojo.PRESETS} | {
     "bmojo:learned-topk-oldest": ("bmojo", dict(innovation="learned", memory_select="topk",
@@ -52,7 +52,7 @@ def test_jit_loss_grads_and_parameter_count(name):
     config, params, tokens, logits, aux, value, grads = _run(name)
     assert logits.shape == (2, LENGTH, config.vocab_size) and logits.dtype == jnp.float32
     assert np.isfinite(float(value)) and np.isfinite(float(aux))
-    learned = any(config.uses_memory(kind) for kind in config.block_types) and config.innovation == "learned"
+    learned = any(spec.memory for spec in config.layer_specs()) and config.innovation == "learned"
     assert (float(aux) > 0) == learned
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
