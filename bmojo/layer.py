@@ -98,7 +98,7 @@ class BMojoLayer(nn.Module):
             size = max(size, c.storage_block_size)
         eidetic = stored = None
         if spec.memory:
-            past = 1 if c.innovation == Predictor.LEARNED else c.innovation_order
+            past = 1 if spec.learned_predictor else c.innovation_order
             eidetic = MemoryCache(
                 score=jnp.zeros((batch, size), jnp.float32),
                 f_past=jnp.zeros((batch, past, c.d_model), jnp.float32),

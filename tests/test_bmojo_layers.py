@@ -3,7 +3,6 @@ attention only (SSM and store off) is (sliding-window / causal) attention with R
 kv heads; SSM only is the Mamba-1 / Mamba-2 mixer."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
