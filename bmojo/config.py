@@ -115,7 +115,9 @@ class ModelConfig:
 
     ``d_ff = 0`` removes the MLP of every block (pure Mamba stacks). Mamba-1 mixers use
     ``dt_rank = ceil(d_model / 16)`` unless given. Mamba-2 mixers use heads of width
-    ``ssm_head_dim`` over the expanded width ``ssm_expand * d_model`` and one B/C group.
+    ``ssm_head_dim`` over the expanded width ``ssm_expand * d_model`` and one B/C group, and run
+    ``ssm_kernels.ssd`` in chunks of ``ssd_chunk_size`` tokens in the parallel forward pass.
+    ``block_types``: one ``BlockType`` (or its string) per layer; empty means all ``"bmojo"``.
     ``position_encoding``: RoPE on the queries and keys of every attention, or none.
 
     Eidetic store (see ``bmojo.memory`` for the equations): the innovation of each token comes
@@ -148,7 +150,7 @@ class ModelConfig:
     ssm_state: int = 16
     ssm_kind: str = "mamba1"
     memory_slots: int = 32
-    block_types: tuple[str, ...] = ()
+    block_types: tuple[BlockType | str, ...] = ()
     dtype: str = "float32"
     d_ff: int = 512
     max_len: int = 2048

@@ -146,7 +146,7 @@ def empty_ring(batch: int, size: int, block: int, kv_heads: int, head_dim: int, 
 
 def empty_cache(batch: int, *, capacity: int, block: int, chunk: int, horizon: int, topk: int,
                 kv_heads: int, head_dim: int, dtype) -> StorageCache:
-    """The decoding state before the first token: an empty ring of ``ring_size`` blocks and
+    """The decoding state before the first token: an empty ring (``ring_size`` blocks) and
     ``topk * block`` empty slots."""
     size = ring_size(capacity=capacity, block=block, chunk=chunk, horizon=horizon)
     slots = topk * block
