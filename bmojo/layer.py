@@ -192,8 +192,8 @@ class BMojoLayer(nn.Module):
             sources.append((store["k"], store["v"], masks.memory_visible(t, store["pos"], w, spec.fading)))
         if spec.storage:
             cache = cache.replace(storage=self._retrieve_at_chunk_start(cache, q, t))
-            slots = cache.storage
-            sources.append((slots.k, slots.v, masks.memory_visible(t, slots.pos, w, spec.fading)))
+            retrieved = cache.storage
+            sources.append((retrieved.k, retrieved.v, masks.memory_visible(t, retrieved.pos, w, spec.fading)))
         y = self._output(attend_step(q, sources), f)
         if spec.memory:
             cache = cache.replace(memory=cache.memory.replace(store=self._update_store_at_chunk_end(cache, t)))
@@ -203,12 +203,12 @@ class BMojoLayer(nn.Module):
 
     def _retrieve_at_chunk_start(self, cache: LayerCache, q, t) -> storage.StorageCache:
         """At the first token of a chunk, the slots retrieved with its query q (batch, heads, head_dim)."""
-        c, slots = self.config, cache.storage
+        c, old = self.config, cache.storage
         stored_pos = cache.memory.store["pos"] if self.spec.memory else None
-        k, v, pos = storage.ring_retrieve(slots.ring, q, t, stored_pos=stored_pos, **_storage_sizes(c, self.spec))
+        k, v, pos = storage.ring_retrieve(old.ring, q, t, stored_pos=stored_pos, **_storage_sizes(c, self.spec))
         starts = t % c.chunk_size == 0
-        keep = lambda new, old: jnp.where(starts, new.astype(old.dtype), old)  # noqa: E731
-        return slots.replace(k=keep(k, slots.k), v=keep(v, slots.v), pos=keep(pos, slots.pos))
+        keep = lambda new, before: jnp.where(starts, new.astype(before.dtype), before)  # noqa: E731
+        return old.replace(k=keep(k, old.k), v=keep(v, old.v), pos=keep(pos, old.pos))
 
     def _store_completed_block(self, cache: LayerCache, t) -> storage.StorageRing:
         """After the last token of a block, copy the block from the context ring into storage."""
