@@ -1,16 +1,40 @@
-"""Sliding-window attention with RoPE and grouped key/value heads, and one decode-step attention."""
+"""Sliding-window attention with RoPE and grouped key/value heads, its decoding ring of keys and
+values, and one decode-step attention."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 import ssm_kernels
 from ssm_kernels.ops.bmojo_attention import masks
 
 from .config import ModelConfig
 from .rope import PositionEncoding, apply_rope
+
+
+@struct.dataclass
+class AttentionCache:
+    """Ring buffer of keys and values ``k``, ``v`` (batch, size, kv_heads, head_dim) with their
+    positions ``pos`` (size,) int32 (-1: empty); position t lives in slot t % size."""
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+
+    def write(self, t, k, v) -> "AttentionCache":
+        """Keep k, v (batch, kv_heads, head_dim) of position t (int32 scalar)."""
+        slot = t % self.pos.shape[0]
+        put = lambda ring, x: jax.lax.dynamic_update_index_in_dim(ring, x.astype(ring.dtype), slot, axis=1)  # noqa: E731
+        return AttentionCache(k=put(self.k, k), v=put(self.v, v), pos=self.pos.at[slot].set(t))
+
+    def read(self, positions):
+        """Keys and values (batch, n, kv_heads, head_dim) of the slots of ``positions`` (n,) int32, and
+        (n,) bool: whether those slots still hold those positions."""
+        slot = positions % self.pos.shape[0]
+        return self.k[:, slot], self.v[:, slot], (positions >= 0) & (self.pos[slot] == positions)
 
 
 class SlidingWindowAttention(nn.Module):
@@ -33,6 +57,12 @@ class SlidingWindowAttention(nn.Module):
         self.k_proj = dense((c.n_kv_heads, c.head_dim))
         self.v_proj = dense((c.n_kv_heads, c.head_dim))
         self.o_proj = dense(c.d_model, axis=(-2, -1))
+
+    @staticmethod
+    def init_cache(config: ModelConfig, batch: int, size: int) -> AttentionCache:
+        """An empty ring of ``size`` positions for ``batch`` sequences."""
+        kv = lambda: jnp.zeros((batch, size, config.n_kv_heads, config.head_dim), config.dtype)  # noqa: E731
+        return AttentionCache(k=kv(), v=kv(), pos=jnp.full((size,), -1, jnp.int32))
 
     def _position(self, x, positions):
         if self.config.position_encoding == PositionEncoding.NONE:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from .config import ModelConfig
-from .layer import BMojoLayer
+from .config import BlockType, ModelConfig
+from .layer import BMojoLayer, LayerCache
 
 
 class MLP(nn.Module):
@@ -24,7 +24,7 @@ class Block(nn.Module):
     """``x + mixer(norm(x))`` then ``x + mlp(norm(x))`` (no MLP when ``d_ff == 0``)."""
 
     config: ModelConfig
-    kind: str = "bmojo"
+    kind: BlockType | str = BlockType.BMOJO
 
     def setup(self):
         c = self.config
@@ -34,6 +34,11 @@ class Block(nn.Module):
             self.mlp_norm = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype)
             self.mlp = MLP(c)
 
+    @staticmethod
+    def init_cache(config: ModelConfig, kind: BlockType | str, batch: int) -> LayerCache:
+        """The decoding state of the block (its mixer's; the MLP has none)."""
+        return BMojoLayer.init_cache(config, kind, batch)
+
     def _mlp(self, x):
         return x + self.mlp(self.mlp_norm(x)) if self.config.d_ff else x
 
@@ -42,7 +47,7 @@ class Block(nn.Module):
         y, aux = self.mixer(self.mixer_norm(x))
         return self._mlp(x + y), aux
 
-    def step(self, x, cache, t):
+    def step(self, x, cache: LayerCache, t):
         """x: (batch, d_model) at position t -> (x, new cache)."""
         y, cache = self.mixer.step(self.mixer_norm(x), cache, t)
         return self._mlp(x + y), cache

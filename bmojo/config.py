@@ -1,6 +1,6 @@
 """Model configuration, presets and the parameter count a configuration predicts.
 
-Block types (one per layer, ``ModelConfig.block_types``):
+Block types (``BlockType``, one per layer in ``ModelConfig.block_types``):
 
 - ``"attention"``: full causal attention (window ``max_len``; a ring buffer of ``max_len`` when decoding)
 - ``"swa"``: sliding-window attention, window ``window``
@@ -13,6 +13,9 @@ Presets: ``transformer``, ``swa``, ``mamba``, ``mamba2``, ``jamba`` (Mamba with 
 ``bmojo_f_attn`` / ``bmojo_attn`` (B'MOJO(-F) layers interleaved with full-attention layers, the
 pattern of the released models of AWS's public B'MOJO-F code). ``preset(..., interleave="mamba")``
 interleaves B'MOJO(-F) with Mamba layers instead.
+
+``ModelConfig.layer_spec(kind)`` (a ``LayerSpec``) is the one place that turns a block type and the
+configuration into what the layer holds (SSM, windows, fading window, store, storage, horizon).
 """
 
 from __future__ import annotations
@@ -27,11 +30,52 @@ from ssm_kernels.ops.bmojo_attention.masks import memory_horizon
 from .memory import Eviction, Predictor, Selection
 from .rope import PositionEncoding
 
-BLOCK_TYPES = ("attention", "swa", "mamba", "bmojo_f", "bmojo")
-ATTENTION_TYPES = ("attention", "swa", "bmojo_f", "bmojo")
-SSM_TYPES = ("mamba", "bmojo_f", "bmojo")
 SSM_KINDS = ("mamba1", "mamba2")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+class BlockType(str, enum.Enum):
+    """The type of one layer (see the module docstring); a plain string is accepted wherever a
+    block type is passed."""
+
+    ATTENTION = "attention"
+    SWA = "swa"
+    MAMBA = "mamba"
+    BMOJO_F = "bmojo_f"
+    BMOJO = "bmojo"
+
+    def __str__(self) -> str:  # prints as the string it replaces
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What one layer holds, decided once from the configuration (``ModelConfig.layer_spec``).
+
+    ``ssm``: the mixer's ``ssm_kind`` (None: no SSM); ``window``: the in-context window W (``max_len``
+    for full attention; None: no attention); ``fading``: keys/values of the SSM output over the fading
+    window f[i-2W+1 .. i-W]; ``memory``: an eidetic store of ``memory_slots`` tokens;
+    ``learned_predictor``: the store's innovation comes from our learned predictor (it has
+    parameters); ``storage``: in-storage memory; ``horizon``: the age at which a token leaves every
+    window, W or 2W with the fading window (None: no attention).
+    """
+
+    kind: BlockType
+    ssm: str | None
+    window: int | None
+    fading: bool
+    memory: bool
+    learned_predictor: bool
+    storage: bool
+    horizon: int | None
+
+    @property
+    def has_ssm(self) -> bool:
+        return self.ssm is not None
+
+    @property
+    def has_attention(self) -> bool:
+        return self.window is not None
 
 
 def _need(ok: bool, field: str, value, expected: str) -> None:
@@ -45,6 +89,15 @@ def _is_int(value) -> bool:
 
 def _is_finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _block_type(kind, name: str) -> BlockType:
+    """``kind`` (a ``BlockType`` or its string) as a ``BlockType``; the error names ``name``."""
+    try:
+        return BlockType(kind)
+    except ValueError:
+        raise ValueError(f"{name} = {kind!r}; expected a block type, one of "
+                         f"{tuple(t.value for t in BlockType)}") from None
 
 
 def _choice(config, field: str, kind: type):
@@ -62,7 +115,9 @@ class ModelConfig:
 
     ``d_ff = 0`` removes the MLP of every block (pure Mamba stacks). Mamba-1 mixers use
     ``dt_rank = ceil(d_model / 16)`` unless given. Mamba-2 mixers use heads of width
-    ``ssm_head_dim`` over the expanded width ``ssm_expand * d_model`` and one B/C group.
+    ``ssm_head_dim`` over the expanded width ``ssm_expand * d_model`` and one B/C group, and run
+    ``ssm_kernels.ssd`` in chunks of ``ssd_chunk_size`` tokens in the parallel forward pass.
+    ``block_types``: one ``BlockType`` (or its string) per layer; empty means all ``"bmojo"``.
     ``position_encoding``: RoPE on the queries and keys of every attention, or none.
 
     Eidetic store (see ``bmojo.memory`` for the equations): the innovation of each token comes
@@ -95,7 +150,7 @@ class ModelConfig:
     ssm_state: int = 16
     ssm_kind: str = "mamba1"
     memory_slots: int = 32
-    block_types: tuple[str, ...] = ()
+    block_types: tuple[BlockType | str, ...] = ()
     dtype: str = "float32"
     d_ff: int = 512
     max_len: int = 2048
@@ -103,7 +158,7 @@ class ModelConfig:
     conv_width: int = 4
     dt_rank: int | None = None
     ssm_head_dim: int = 32
-    ssd_block_len: int = 64
+    ssd_chunk_size: int = 64
     position_encoding: str = "rope"
     innovation: str = "fixed"
     innovation_order: int = 4
@@ -125,7 +180,7 @@ class ModelConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "window",
                      "ssm_state", "max_len", "ssm_expand", "conv_width", "ssm_head_dim",
-                     "ssd_block_len", "memory_topk", "innovation_order", "storage_block_size",
+                     "ssd_chunk_size", "memory_topk", "innovation_order", "storage_block_size",
                      "storage_topk"):
             value = getattr(self, name)
             _need(_is_int(value) and value >= 1, name, value, "a positive integer")
@@ -174,12 +229,11 @@ class ModelConfig:
         _need(self.attention_implementation is None or self.attention_implementation in attentions,
               "attention_implementation", self.attention_implementation,
               f"None (auto) or one of {attentions}")
-        types = tuple(self.block_types) or ("bmojo",) * self.n_layers
-        set_("block_types", types)
+        types = tuple(self.block_types) or (BlockType.BMOJO,) * self.n_layers
         _need(len(types) == self.n_layers, "block_types", types,
               f"{self.n_layers} entries (n_layers)")
-        for kind in types:
-            _need(kind in BLOCK_TYPES, "block_types", types, f"entries from {BLOCK_TYPES}")
+        set_("block_types", tuple(_block_type(kind, f"ModelConfig.block_types[{i}]")
+                                  for i, kind in enumerate(types)))
 
     # Derived sizes -----------------------------------------------------------------------------
     @property
@@ -194,30 +248,40 @@ class ModelConfig:
     def ssm_heads(self) -> int:
         return self.d_inner // self.ssm_head_dim
 
-    def layer_window(self, kind: str) -> int:
-        """The in-context window of a block type (``max_len`` for full attention)."""
-        return self.max_len if kind == "attention" else self.window
+    def layer_spec(self, kind: BlockType | str) -> LayerSpec:
+        """The one place that decides what a layer of block type ``kind`` holds."""
+        kind = _block_type(kind, "kind")
+        attention = kind != BlockType.MAMBA
+        window = (self.max_len if kind == BlockType.ATTENTION else self.window) if attention else None
+        fading = kind in (BlockType.BMOJO_F, BlockType.BMOJO)
+        memory = kind == BlockType.BMOJO and self.memory_slots > 0
+        return LayerSpec(
+            kind=kind, ssm=self.ssm_kind if kind in (BlockType.MAMBA, BlockType.BMOJO_F, BlockType.BMOJO) else None,
+            window=window, fading=fading, memory=memory,
+            learned_predictor=memory and self.innovation == Predictor.LEARNED,
+            storage=fading and self.storage_blocks > 0,
+            horizon=memory_horizon(window, fading) if attention else None)
 
-    def uses_fading(self, kind: str) -> bool:
-        return kind in ("bmojo_f", "bmojo")
-
-    def uses_memory(self, kind: str) -> bool:
-        return kind == "bmojo" and self.memory_slots > 0
-
-    def uses_storage(self, kind: str) -> bool:
-        return self.uses_fading(kind) and self.storage_blocks > 0
-
-    def horizon(self, kind: str) -> int:
-        """Age at which a token leaves every window of the layer: W, or 2W with the fading window."""
-        return memory_horizon(self.layer_window(kind), self.uses_fading(kind))
+    def layer_specs(self) -> tuple[LayerSpec, ...]:
+        """``layer_spec`` of every layer, in order."""
+        return tuple(self.layer_spec(kind) for kind in self.block_types)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (enum members as their strings)."""
-        return {k: v.value if isinstance(v, enum.Enum) else v for k, v in dataclasses.asdict(self).items()}
+        plain = lambda v: v.value if isinstance(v, enum.Enum) else v  # noqa: E731
+        return {k: tuple(map(plain, v)) if isinstance(v, tuple) else plain(v)
+                for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
+        """Inverse of ``to_dict``; also reads configurations saved before ``ssd_block_len`` was
+        renamed ``ssd_chunk_size``."""
         values = dict(values)
+        if "ssd_block_len" in values:
+            if "ssd_chunk_size" in values:
+                raise ValueError("the configuration has both ssd_block_len (the old name) and "
+                                 "ssd_chunk_size; expected one of them")
+            values["ssd_chunk_size"] = values.pop("ssd_block_len")
         values["block_types"] = tuple(values.get("block_types", ()))
         return cls(**values)
 
@@ -225,16 +289,16 @@ class ModelConfig:
     def num_params(self) -> int:
         d, v = self.d_model, self.vocab_size
         total = v * d + d + (0 if self.tie_embeddings else d * v)
-        for kind in self.block_types:
+        for spec in self.layer_specs():
             total += d  # pre-norm of the mixer
             if self.d_ff:
                 total += d + 3 * d * self.d_ff  # pre-norm + SwiGLU (gate, up, down)
-            if kind in ATTENTION_TYPES:
+            if spec.has_attention:
                 hd = self.head_dim
                 total += 2 * d * self.n_heads * hd + 2 * d * self.n_kv_heads * hd
-            if kind in SSM_TYPES:
+            if spec.has_ssm:
                 total += self._ssm_params()
-            if self.uses_memory(kind) and self.innovation == Predictor.LEARNED:
+            if spec.learned_predictor:
                 total += d * d + d  # learned innovation predictor
         return total
 
@@ -251,21 +315,22 @@ _PAPER_BMOJO = dict(position_encoding="none")
 """The B'MOJO paper's layers use no positional encoding (AWS's public B'MOJO-F code uses RoPE)."""
 
 _PRESETS = {
-    "transformer": dict(pattern="attention"),
-    "swa": dict(pattern="swa"),
-    "mamba": dict(pattern="mamba", ssm_kind="mamba1", d_ff=0),
-    "mamba2": dict(pattern="mamba", ssm_kind="mamba2", d_ff=0),
-    "jamba": dict(pattern="mamba", interleave="attention"),
-    "bmojo_f": dict(pattern="bmojo_f", **_PAPER_BMOJO),
-    "bmojo": dict(pattern="bmojo", **_PAPER_BMOJO),
-    "bmojo_f_attn": dict(pattern="bmojo_f", interleave="attention"),
-    "bmojo_attn": dict(pattern="bmojo", interleave="attention"),
+    "transformer": dict(pattern=BlockType.ATTENTION),
+    "swa": dict(pattern=BlockType.SWA),
+    "mamba": dict(pattern=BlockType.MAMBA, ssm_kind="mamba1", d_ff=0),
+    "mamba2": dict(pattern=BlockType.MAMBA, ssm_kind="mamba2", d_ff=0),
+    "jamba": dict(pattern=BlockType.MAMBA, interleave=BlockType.ATTENTION),
+    "bmojo_f": dict(pattern=BlockType.BMOJO_F, **_PAPER_BMOJO),
+    "bmojo": dict(pattern=BlockType.BMOJO, **_PAPER_BMOJO),
+    "bmojo_f_attn": dict(pattern=BlockType.BMOJO_F, interleave=BlockType.ATTENTION),
+    "bmojo_attn": dict(pattern=BlockType.BMOJO, interleave=BlockType.ATTENTION),
 }
 PRESETS = tuple(_PRESETS)
-INTERLEAVE = ("attention", "swa", "mamba")
+INTERLEAVE = (BlockType.ATTENTION, BlockType.SWA, BlockType.MAMBA)
 
 
-def preset(name: str, *, every: int = 2, interleave: str | None = None, **overrides) -> ModelConfig:
+def preset(name: str, *, every: int = 2, interleave: BlockType | str | None = None,
+           **overrides) -> ModelConfig:
     """The configuration of a named model; ``overrides`` replace any ``ModelConfig`` field.
 
     Interleaved patterns put a block of type ``interleave`` as every ``every``-th layer (layers
@@ -285,7 +350,8 @@ def preset(name: str, *, every: int = 2, interleave: str | None = None, **overri
     if unknown:
         raise ValueError(f"preset overrides {sorted(unknown)} are not ModelConfig fields")
     if partner is not None and partner not in INTERLEAVE:
-        raise ValueError(f"interleave = {partner!r}; expected None or one of {INTERLEAVE}")
+        raise ValueError(f"interleave = {partner!r}; expected None or one of "
+                         f"{tuple(t.value for t in INTERLEAVE)}")
     if not _is_int(every) or every < 1:
         raise ValueError(f"every = {every!r}; expected a positive integer")
     fields.update(overrides)

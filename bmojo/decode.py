@@ -15,23 +15,22 @@ import jax
 import jax.numpy as jnp
 
 from .config import ModelConfig
-from .layer import init_layer_cache
-from .model import LanguageModel, check_tokens
+from .model import LanguageModel, ModelCache, check_tokens
 
 
-def init_cache(config: ModelConfig, batch: int) -> dict:
-    """The empty cache for ``batch`` sequences: ``{"t": 0, "blocks": (per-layer state, ...)}``."""
-    return {"t": jnp.zeros((), jnp.int32),
-            "blocks": tuple(init_layer_cache(config, kind, batch) for kind in config.block_types)}
+def init_cache(config: ModelConfig, batch: int) -> ModelCache:
+    """The empty cache for ``batch`` sequences (``LanguageModel.init_cache``): position 0 and one
+    ``LayerCache`` per block."""
+    return LanguageModel.init_cache(config, batch)
 
 
-def _cache_batch(cache: dict) -> int | None:
-    leaves = [a for a in jax.tree.leaves(cache["blocks"]) if getattr(a, "ndim", 0) >= 2]
+def _cache_batch(cache: ModelCache) -> int | None:
+    leaves = [a for a in jax.tree.leaves(cache.blocks) if getattr(a, "ndim", 0) >= 2]
     return leaves[0].shape[0] if leaves else None
 
 
-def decode_step(config: ModelConfig, params, cache: dict, token):
-    """Feed token (batch,) int at position ``cache["t"]``; returns (logits (batch, vocab), cache).
+def decode_step(config: ModelConfig, params, cache: ModelCache, token):
+    """Feed token (batch,) int at position ``cache.t``; returns (logits (batch, vocab), cache).
 
     ``token`` must match the cache's batch; concrete ids are checked against the vocabulary.
     """

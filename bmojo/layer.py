@@ -1,7 +1,7 @@
 """The B'MOJO layer: fading memory (SSM), innovation test, eidetic store, one attention.
 
-Depending on the block type (see ``bmojo.config``) parts are switched off, which gives the
-special cases: attention alone (``"attention"``, ``"swa"``), the SSM alone (``"mamba"``),
+Depending on the block type (``bmojo.config.BlockType``; what each holds is its
+``ModelConfig.layer_spec``) parts are switched off, which gives the special cases: attention alone (``"attention"``, ``"swa"``), the SSM alone (``"mamba"``),
 SSM + attention over the in-context and fading windows (``"bmojo_f"``), and all three
 sources (``"bmojo"``).
 
@@ -15,6 +15,8 @@ For input x (batch, L, d_model), window W, chunk C:
   storage (optional): ``storage.retrieve``, the most relevant far-past blocks per chunk
   out = o(bmojo_attention(q(x), k(x), v(x), fading = k(f), v(f), slots = snapshots + retrieved))
 The fading window is f[i-2W+1 .. i-W]. Our option ``ssm_residual`` adds f to the output.
+
+Decoding (``step``) carries a ``LayerCache`` made by ``BMojoLayer.init_cache``.
 """
 
 from __future__ import annotations
@@ -22,50 +24,44 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 import ssm_kernels
 from ssm_kernels.ops.bmojo_attention import masks
 
 from . import mamba, memory, storage
-from .attention import SlidingWindowAttention, attend_step
-from .config import ATTENTION_TYPES, SSM_TYPES, ModelConfig
+from .attention import AttentionCache, SlidingWindowAttention, attend_step
+from .config import BlockType, LayerSpec, ModelConfig
 from .memory import Predictor
 
 
-def init_layer_cache(config: ModelConfig, kind: str, batch: int) -> dict:
-    """Decoding state of one layer: SSM/conv states, ring buffers of keys/values with their
-    positions (-1: empty) for the in-context window (and the store candidates) and the fading
-    window, recent innovations, what the predictor needs (the last SSM outputs), the store, and with
-    in-storage memory the ring of stored blocks and the slots retrieved for the current chunk."""
-    c = config
-    cache = {}
-    if kind in SSM_TYPES:
-        cache["ssm"] = mamba.init_state(c, batch)
-    if kind in ATTENTION_TYPES:
-        w = c.layer_window(kind)
-        size = c.horizon(kind) + c.chunk_size if c.uses_memory(kind) else w
-        if c.uses_storage(kind):  # a completed block is read back from this ring
-            size = max(size, c.storage_block_size)
-        kv = lambda n: jnp.zeros((batch, n, c.n_kv_heads, c.head_dim), c.dtype)  # noqa: E731
-        cache.update(k=kv(size), v=kv(size), pos=jnp.full((size,), -1, jnp.int32))
-        if c.uses_fading(kind):
-            cache.update(fk=kv(2 * w), fv=kv(2 * w), fpos=jnp.full((2 * w,), -1, jnp.int32))
-        if c.uses_memory(kind):
-            past = 1 if c.innovation == Predictor.LEARNED else c.innovation_order
-            cache.update(score=jnp.zeros((batch, size), jnp.float32),
-                         f_past=jnp.zeros((batch, past, c.d_model), jnp.float32),
-                         store=memory.empty_store(batch, c.memory_slots, c.n_kv_heads, c.head_dim, c.dtype))
-        if c.uses_storage(kind):
-            b, slots = c.storage_block_size, c.storage_topk * c.storage_block_size
-            ring = storage.ring_size(capacity=c.storage_blocks, block=b, chunk=c.chunk_size, horizon=c.horizon(kind))
-            cache.update(ring=storage.empty_ring(batch, ring, b, c.n_kv_heads, c.head_dim, c.dtype),
-                         retrieved_k=kv(slots), retrieved_v=kv(slots),
-                         retrieved_pos=jnp.full((batch, slots), -1, jnp.int32))
-    return cache
+@struct.dataclass
+class MemoryCache:
+    """Decoding state of the eidetic store: ``score`` (batch, size) float32, the innovations of the
+    tokens in the layer's context ring (same slots); ``f_past`` (batch, innovation_order or 1,
+    d_model) float32, the last SSM outputs the predictor reads; ``store``, the store of
+    ``bmojo.memory`` (k, v, pos, score)."""
+
+    score: jax.Array
+    f_past: jax.Array
+    store: dict
 
 
-def _ring_write(buffer, index, value):
-    return jax.lax.dynamic_update_index_in_dim(buffer, value.astype(buffer.dtype), index, axis=1)
+@struct.dataclass
+class LayerCache:
+    """Decoding state of one layer; a part the layer does not have is None.
+
+    ``ssm``: the mixer's states; ``context``: keys/values of the in-context window (kept, with an
+    eidetic store, until they have been store candidates; with in-storage memory, at least one
+    block); ``fading``: keys/values of the fading window (2W positions); ``memory``: the eidetic
+    store and what updates it; ``storage``: stored blocks and the slots retrieved for the chunk.
+    """
+
+    ssm: mamba.MambaCache | None
+    context: AttentionCache | None
+    fading: AttentionCache | None
+    memory: MemoryCache | None
+    storage: storage.StorageCache | None
 
 
 class BMojoLayer(nn.Module):
@@ -77,23 +73,43 @@ class BMojoLayer(nn.Module):
     """
 
     config: ModelConfig
-    kind: str = "bmojo"
+    kind: BlockType | str = BlockType.BMOJO
 
     def setup(self):
-        c, kind = self.config, self.kind
-        self.window = c.layer_window(kind)
-        self.has_ssm = kind in SSM_TYPES
-        self.has_attention = kind in ATTENTION_TYPES
-        self.has_fading = c.uses_fading(kind)
-        self.has_memory = c.uses_memory(kind)
-        self.has_storage = c.uses_storage(kind)
-        self.horizon = c.horizon(kind)
-        if self.has_ssm:
-            self.ssm = mamba.mixer(c)
-        if self.has_attention:
-            self.attn = SlidingWindowAttention(c, self.window)
-        if self.has_memory and c.innovation == Predictor.LEARNED:
+        c = self.config
+        self.spec = c.layer_spec(self.kind)
+        if self.spec.has_ssm:
+            self.ssm = mamba.mixer_type(self.spec.ssm)(c)
+        if self.spec.has_attention:
+            self.attn = SlidingWindowAttention(c, self.spec.window)
+        if self.spec.learned_predictor:
             self.predictor = nn.Dense(c.d_model, dtype=c.dtype)
+
+    @staticmethod
+    def init_cache(config: ModelConfig, kind: BlockType | str, batch: int) -> LayerCache:
+        """The decoding state of a layer of block type ``kind`` before the first token, for ``batch``
+        sequences."""
+        c, spec = config, config.layer_spec(kind)
+        ssm = mamba.mixer_type(spec.ssm).init_cache(c, batch) if spec.has_ssm else None
+        if not spec.has_attention:
+            return LayerCache(ssm=ssm, context=None, fading=None, memory=None, storage=None)
+        size = spec.horizon + c.chunk_size if spec.memory else spec.window
+        if spec.storage:  # a completed block is read back from the context ring
+            size = max(size, c.storage_block_size)
+        eidetic = stored = None
+        if spec.memory:
+            past = 1 if spec.learned_predictor else c.innovation_order
+            eidetic = MemoryCache(
+                score=jnp.zeros((batch, size), jnp.float32),
+                f_past=jnp.zeros((batch, past, c.d_model), jnp.float32),
+                store=memory.empty_store(batch, c.memory_slots, c.n_kv_heads, c.head_dim, c.dtype))
+        if spec.storage:
+            stored = storage.empty_cache(batch, **_storage_sizes(c, spec), chunk=c.chunk_size,
+                                         kv_heads=c.n_kv_heads, head_dim=c.head_dim, dtype=c.dtype)
+        return LayerCache(
+            ssm=ssm, context=SlidingWindowAttention.init_cache(c, batch, size),
+            fading=SlidingWindowAttention.init_cache(c, batch, 2 * spec.window) if spec.fading else None,
+            memory=eidetic, storage=stored)
 
     def _innovation(self, x, f, f_past, start):
         """Innovations (batch, L) of x, f (batch, L, d) at positions start..; f_past: the SSM
@@ -110,32 +126,32 @@ class BMojoLayer(nn.Module):
     def _output(self, out, f):
         """o(attention) (+ f with ``ssm_residual``)."""
         y = self.attn.output(out)
-        return y + f.astype(y.dtype) if self.has_fading and self.config.ssm_residual else y
+        return y + f.astype(y.dtype) if self.spec.fading and self.config.ssm_residual else y
 
     def __call__(self, x):
-        c = self.config
-        f = self.ssm(x) if self.has_ssm else None
+        c, spec = self.config, self.spec
+        f = self.ssm(x) if spec.has_ssm else None
         aux = jnp.zeros((), jnp.float32)
-        if not self.has_attention:
+        if not spec.has_attention:
             return f, aux
         positions = jnp.arange(x.shape[1])
         k, v = self.attn.keys_values(x, positions)
         q = self.attn.queries(x, positions)
         sources = {}
-        if self.has_fading:
+        if spec.fading:
             sources["fading_k"], sources["fading_v"] = self.attn.keys_values(f, positions)
         slots = []
-        if self.has_memory:
+        if spec.memory:
             e, aux, _ = self._innovation(x, f, None, 0)
             self.sow("intermediates", "innovation", e)
             snaps, final = memory.store_snapshots(
-                k, v, e, slots=c.memory_slots, chunk=c.chunk_size, horizon=self.horizon,
+                k, v, e, slots=c.memory_slots, chunk=c.chunk_size, horizon=spec.horizon,
                 rule=memory.StoreRule.from_config(c))
             self.sow("intermediates", "store", {"pos": final["pos"], "score": final["score"]})
             slots.append((snaps["k"], snaps["v"], snaps["pos"]))
-        if self.has_storage:
+        if spec.storage:
             retrieved = storage.retrieve(q, k, v, stored_pos=slots[0][2] if slots else None,
-                                         **self._storage_sizes())
+                                         chunk=c.chunk_size, **_storage_sizes(c, spec))
             self.sow("intermediates", "retrieved", retrieved[2])
             slots.append(retrieved)
         if slots:
@@ -144,78 +160,79 @@ class BMojoLayer(nn.Module):
                            memory_pos=jnp.concatenate([s[2] for s in slots], axis=2),
                            memory_chunk=c.chunk_size)
         out, _ = ssm_kernels.bmojo_attention(
-            q, k, v, window=self.window, implementation=c.attention_implementation, **sources)
+            q, k, v, window=spec.window, implementation=c.attention_implementation, **sources)
         return self._output(out, f), aux
 
-    def _storage_sizes(self) -> dict:
-        c = self.config
-        return dict(chunk=c.chunk_size, block=c.storage_block_size, horizon=self.horizon,
-                    capacity=c.storage_blocks, topk=c.storage_topk)
-
-    def step(self, x, cache, t):
+    def step(self, x, cache: LayerCache, t):
         """One token x: (batch, d_model) at position t (int32 scalar) -> (y, new cache)."""
-        new = dict(cache)
+        spec = self.spec
         f = None
-        if self.has_ssm:
-            f, new["ssm"] = self.ssm.step(x, cache["ssm"])
-        if not self.has_attention:
-            return f, new
+        if spec.has_ssm:
+            f, ssm = self.ssm.step(x, cache.ssm)
+            cache = cache.replace(ssm=ssm)
+        if not spec.has_attention:
+            return f, cache
         pos1 = t[None]
         q = self.attn.queries(x[:, None], pos1)[:, 0]
         k, v = self.attn.keys_values(x[:, None], pos1)
-        slot = t % cache["pos"].shape[0]
-        for name, value in (("k", k[:, 0]), ("v", v[:, 0])):
-            new[name] = _ring_write(cache[name], slot, value)
-        new["pos"] = cache["pos"].at[slot].set(t)
-        w = self.window  # decoding masks: the rules of the attention op, query t, t + 1 tokens so far
-        sources = [(new["k"], new["v"], masks.context_visible(t, new["pos"], w, t + 1))]
-        if self.has_fading:
+        cache = cache.replace(context=cache.context.write(t, k[:, 0], v[:, 0]))
+        # decoding masks: the rules of the attention op for query t with t + 1 tokens so far
+        w, context = spec.window, cache.context
+        sources = [(context.k, context.v, masks.context_visible(t, context.pos, w, t + 1))]
+        if spec.fading:
             fk, fv = self.attn.keys_values(f[:, None], pos1)
-            fslot = t % cache["fpos"].shape[0]
-            new["fk"] = _ring_write(cache["fk"], fslot, fk[:, 0])
-            new["fv"] = _ring_write(cache["fv"], fslot, fv[:, 0])
-            new["fpos"] = cache["fpos"].at[fslot].set(t)
-            sources.append((new["fk"], new["fv"], masks.fading_visible(t, new["fpos"], w, t + 1)))
-        if self.has_memory:
-            e, _, new["f_past"] = self._innovation(x[:, None], f[:, None], cache["f_past"], t)
-            new["score"] = cache["score"].at[:, slot].set(e[:, 0])
-            store = cache["store"]
-            sources.append((store["k"], store["v"],
-                            masks.memory_visible(t, store["pos"], w, self.has_fading)))
-        if self.has_storage:
-            sizes = self._storage_sizes()
-            got = storage.ring_retrieve(cache["ring"], q, t, stored_pos=cache["store"]["pos"] if self.has_memory else None,
-                                        **{k_: sizes[k_] for k_ in ("block", "horizon", "capacity", "topk")})
-            starts = t % self.config.chunk_size == 0
-            for name, value in zip(("retrieved_k", "retrieved_v", "retrieved_pos"), got):
-                new[name] = jnp.where(starts, value.astype(cache[name].dtype), cache[name])
-            sources.append((new["retrieved_k"], new["retrieved_v"],
-                            masks.memory_visible(t, new["retrieved_pos"], w, self.has_fading)))
+            fading = cache.fading.write(t, fk[:, 0], fv[:, 0])
+            cache = cache.replace(fading=fading)
+            sources.append((fading.k, fading.v, masks.fading_visible(t, fading.pos, w, t + 1)))
+        if spec.memory:
+            e, _, f_past = self._innovation(x[:, None], f[:, None], cache.memory.f_past, t)
+            score = cache.memory.score.at[:, t % context.pos.shape[0]].set(e[:, 0])
+            cache = cache.replace(memory=cache.memory.replace(score=score, f_past=f_past))
+            store = cache.memory.store
+            sources.append((store["k"], store["v"], masks.memory_visible(t, store["pos"], w, spec.fading)))
+        if spec.storage:
+            cache = cache.replace(storage=self._retrieve_at_chunk_start(cache, q, t))
+            retrieved = cache.storage
+            sources.append((retrieved.k, retrieved.v, masks.memory_visible(t, retrieved.pos, w, spec.fading)))
         y = self._output(attend_step(q, sources), f)
-        if self.has_memory:
-            new["store"] = self._update_store_at_chunk_end(new, store, t)
-        if self.has_storage:
-            new["ring"] = self._store_completed_block(new, t)
-        return y, new
+        if spec.memory:
+            cache = cache.replace(memory=cache.memory.replace(store=self._update_store_at_chunk_end(cache, t)))
+        if spec.storage:
+            cache = cache.replace(storage=cache.storage.replace(ring=self._store_completed_block(cache, t)))
+        return y, cache
 
-    def _store_completed_block(self, new, t):
-        """After the last token of a block, copy the block from the key/value ring into storage."""
-        b = self.config.storage_block_size
-        pos = t - b + 1 + jnp.arange(b)
-        idx = pos % new["pos"].shape[0]
-        updated = storage.ring_insert(new["ring"], (t + 1) // b - 1, new["k"][:, idx], new["v"][:, idx])
+    def _retrieve_at_chunk_start(self, cache: LayerCache, q, t) -> storage.StorageCache:
+        """At the first token of a chunk, the slots retrieved with its query q (batch, heads, head_dim)."""
+        c, old = self.config, cache.storage
+        stored_pos = cache.memory.store["pos"] if self.spec.memory else None
+        k, v, pos = storage.ring_retrieve(old.ring, q, t, stored_pos=stored_pos, **_storage_sizes(c, self.spec))
+        starts = t % c.chunk_size == 0
+        keep = lambda new, before: jnp.where(starts, new.astype(before.dtype), before)  # noqa: E731
+        return old.replace(k=keep(k, old.k), v=keep(v, old.v), pos=keep(pos, old.pos))
+
+    def _store_completed_block(self, cache: LayerCache, t) -> storage.StorageRing:
+        """After the last token of a block, copy the block from the context ring into storage."""
+        b, ring = self.config.storage_block_size, cache.storage.ring
+        k, v, _ = cache.context.read(t - b + 1 + jnp.arange(b))
+        updated = storage.ring_insert(ring, (t + 1) // b - 1, k, v)
         done = (t + 1) % b == 0
-        return jax.tree.map(lambda a, c: jnp.where(done, a, c), updated, new["ring"])
+        return jax.tree.map(lambda new, old: jnp.where(done, new, old), updated, ring)
 
-    def _update_store_at_chunk_end(self, new, store, t):
-        c = self.config
+    def _update_store_at_chunk_end(self, cache: LayerCache, t) -> dict:
+        """After the last token of a chunk, offer the store the tokens that have just left every
+        window (``memory.chunk_candidates``)."""
+        c, store = self.config, cache.memory.store
         batch = store["pos"].shape[0]
-        pos = memory.chunk_candidates(t // c.chunk_size, c.chunk_size, self.horizon)
-        idx = pos % new["pos"].shape[0]
-        valid = (pos >= 0) & (new["pos"][idx] == pos)
+        pos = memory.chunk_candidates(t // c.chunk_size, c.chunk_size, self.spec.horizon)
+        k, v, valid = cache.context.read(pos)
+        score = cache.memory.score[:, pos % cache.context.pos.shape[0]]
         bcast = lambda a: jnp.broadcast_to(a, (batch, c.chunk_size))  # noqa: E731
-        updated = memory.update_store(store, new["k"][:, idx], new["v"][:, idx], bcast(pos),
-                                      new["score"][:, idx], bcast(valid),
-                                      memory.StoreRule.from_config(c))
+        updated = memory.update_store(store, k, v, bcast(pos), score, bcast(valid), memory.StoreRule.from_config(c))
         at_end = (t + 1) % c.chunk_size == 0
-        return jax.tree.map(lambda a, b: jnp.where(at_end, a, b), updated, store)
+        return jax.tree.map(lambda new, old: jnp.where(at_end, new, old), updated, store)
+
+
+def _storage_sizes(config: ModelConfig, spec: LayerSpec) -> dict:
+    """The sizes of in-storage memory that ``bmojo.storage`` takes (all but the chunk)."""
+    return dict(block=config.storage_block_size, horizon=spec.horizon, capacity=config.storage_blocks,
+                topk=config.storage_topk)

@@ -1,9 +1,8 @@
 """Mamba-1 and Mamba-2 mixers: in-projection, causal depthwise conv, SSM, gated out-projection.
 
 Both mixers map (batch, length, d_model) -> (batch, length, d_model) with ``__call__`` and
-advance one token with ``step`` from a state ``{"conv": (batch, conv_width - 1, channels),
-"ssm": ...}`` (``init_state``); the same code path serves both, so decoding reproduces the
-parallel output.
+advance one token with ``step`` from a ``MambaCache`` (``init_cache``); the same code path serves
+both, so decoding reproduces the parallel output.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 import ssm_kernels
 
@@ -46,15 +46,14 @@ def _conv_init(key, shape):
     return jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) / math.sqrt(shape[0])
 
 
-def init_state(config: ModelConfig, batch: int) -> dict:
-    """Zero conv and SSM states of one mixer for ``batch`` sequences (float32)."""
-    c = config
-    k = c.conv_width - 1
-    if c.ssm_kind == "mamba1":
-        return {"conv": jnp.zeros((batch, k, c.d_inner), jnp.float32),
-                "ssm": jnp.zeros((batch, c.d_inner, c.ssm_state), jnp.float32)}
-    return {"conv": jnp.zeros((batch, k, c.d_inner + 2 * c.ssm_state), jnp.float32),
-            "ssm": jnp.zeros((batch, c.ssm_heads, c.ssm_head_dim, c.ssm_state), jnp.float32)}
+@struct.dataclass
+class MambaCache:
+    """Decoding state of one mixer (float32): ``conv`` (batch, conv_width - 1, channels), the last
+    inputs of the convolution, and ``ssm``, the SSM state (Mamba-1: (batch, d_inner, ssm_state);
+    Mamba-2: (batch, ssm_heads, ssm_head_dim, ssm_state))."""
+
+    conv: jax.Array
+    ssm: jax.Array
 
 
 class MambaMixer(nn.Module):
@@ -80,10 +79,17 @@ class MambaMixer(nn.Module):
         self.D = self.param("D", nn.initializers.ones, (e,))
         self.out_proj = nn.Dense(c.d_model, use_bias=False, dtype=c.dtype)
 
-    def _forward(self, x, state, implementation):
+    @staticmethod
+    def init_cache(config: ModelConfig, batch: int) -> MambaCache:
+        """Zero states for ``batch`` sequences."""
+        c = config
+        return MambaCache(conv=jnp.zeros((batch, c.conv_width - 1, c.d_inner), jnp.float32),
+                          ssm=jnp.zeros((batch, c.d_inner, c.ssm_state), jnp.float32))
+
+    def _forward(self, x, state: MambaCache | None, implementation):
         c = self.config
         u, z = jnp.split(self.in_proj(x), 2, axis=-1)
-        u, conv = causal_conv(u, self.conv_kernel, self.conv_bias, None if state is None else state["conv"])
+        u, conv = causal_conv(u, self.conv_kernel, self.conv_bias, None if state is None else state.conv)
         u = nn.silu(u)
         dt, B, C = jnp.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.ssm_state], axis=-1)
         dt = self.dt_proj(dt)
@@ -91,14 +97,14 @@ class MambaMixer(nn.Module):
         y, h = ssm_kernels.selective_scan(
             t(u), t(dt), -jnp.exp(self.A_log), t(B), t(C), D=self.D, z=t(z),
             delta_bias=self.dt_bias, delta_softplus=True,
-            initial_state=None if state is None else state["ssm"], implementation=implementation)
-        return self.out_proj(t(y)), {"conv": conv.astype(jnp.float32), "ssm": h}
+            initial_state=None if state is None else state.ssm, implementation=implementation)
+        return self.out_proj(t(y)), MambaCache(conv=conv.astype(jnp.float32), ssm=h)
 
     def __call__(self, x):
         """x: (batch, length, d_model) -> (batch, length, d_model)."""
         return self._forward(x, None, self.config.scan_implementation)[0]
 
-    def step(self, x, state):
+    def step(self, x, state: MambaCache):
         """One token x: (batch, d_model) and the state -> (y (batch, d_model), new state)."""
         y, state = self._forward(x[:, None], state, "reference")
         return y[:, 0], state
@@ -126,34 +132,41 @@ class Mamba2Mixer(nn.Module):
         self.norm = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.dtype)
         self.out_proj = nn.Dense(c.d_model, use_bias=False, dtype=c.dtype)
 
-    def _forward(self, x, state, implementation, chunk_size):
+    @staticmethod
+    def init_cache(config: ModelConfig, batch: int) -> MambaCache:
+        """Zero states for ``batch`` sequences."""
+        c = config
+        return MambaCache(conv=jnp.zeros((batch, c.conv_width - 1, c.d_inner + 2 * c.ssm_state), jnp.float32),
+                          ssm=jnp.zeros((batch, c.ssm_heads, c.ssm_head_dim, c.ssm_state), jnp.float32))
+
+    def _forward(self, x, state: MambaCache | None, implementation, chunk_size):
         c = self.config
         e, n, h, p = c.d_inner, c.ssm_state, c.ssm_heads, c.ssm_head_dim
         batch, length = x.shape[:2]
         z, xbc, dt = jnp.split(self.in_proj(x), [e, 2 * e + 2 * n], axis=-1)
-        xbc, conv = causal_conv(xbc, self.conv_kernel, self.conv_bias, None if state is None else state["conv"])
+        xbc, conv = causal_conv(xbc, self.conv_kernel, self.conv_bias, None if state is None else state.conv)
         xs, B, C = jnp.split(nn.silu(xbc), [e, e + n], axis=-1)
         dt = jax.nn.softplus(dt.astype(jnp.float32) + self.dt_bias)  # (batch, length, heads)
         xs = xs.reshape(batch, length, h, p)
         Y, final = ssm_kernels.ssd(
             (xs.astype(jnp.float32) * dt[..., None]).astype(x.dtype), -jnp.exp(self.A_log) * dt,
-            B[:, :, None, :], C[:, :, None, :], None if state is None else state["ssm"],
+            B[:, :, None, :], C[:, :, None, :], None if state is None else state.ssm,
             chunk_size=chunk_size, implementation=implementation)
         y = (Y + xs * self.D[:, None].astype(x.dtype)).reshape(batch, length, e)
         y = self.norm(y * nn.silu(z))
-        return self.out_proj(y), {"conv": conv.astype(jnp.float32), "ssm": final}
+        return self.out_proj(y), MambaCache(conv=conv.astype(jnp.float32), ssm=final)
 
     def __call__(self, x):
         """x: (batch, length, d_model) -> (batch, length, d_model)."""
         c = self.config
-        return self._forward(x, None, c.scan_implementation, c.ssd_block_len)[0]
+        return self._forward(x, None, c.scan_implementation, c.ssd_chunk_size)[0]
 
-    def step(self, x, state):
+    def step(self, x, state: MambaCache):
         """One token x: (batch, d_model) and the state -> (y (batch, d_model), new state)."""
         y, state = self._forward(x[:, None], state, "reference", 1)
         return y[:, 0], state
 
 
-def mixer(config: ModelConfig, **kwargs) -> nn.Module:
-    """The mixer that ``config.ssm_kind`` names."""
-    return (MambaMixer if config.ssm_kind == "mamba1" else Mamba2Mixer)(config, **kwargs)
+def mixer_type(ssm_kind: str) -> type[MambaMixer] | type[Mamba2Mixer]:
+    """The mixer class that ``ssm_kind`` ("mamba1" or "mamba2") names."""
+    return MambaMixer if ssm_kind == "mamba1" else Mamba2Mixer

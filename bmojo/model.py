@@ -6,9 +6,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from .blocks import Block
 from .config import ModelConfig
+from .layer import LayerCache
 
 
 def check_tokens(tokens, vocab_size: int, *, name: str = "tokens", shape: tuple | None = None,
@@ -32,6 +34,15 @@ def check_tokens(tokens, vocab_size: int, *, name: str = "tokens", shape: tuple 
                          f"(vocab_size = {vocab_size})")
 
 
+@struct.dataclass
+class ModelCache:
+    """Decoding state of a ``LanguageModel``: ``t`` (int32 scalar), the position of the next token,
+    and one ``LayerCache`` per block."""
+
+    t: jax.Array
+    blocks: tuple[LayerCache, ...]
+
+
 class LanguageModel(nn.Module):
     """``__call__(tokens (batch, length) int) -> (logits (batch, length, vocab) float32, aux)``.
 
@@ -52,6 +63,12 @@ class LanguageModel(nn.Module):
         if not c.tie_embeddings:
             self.head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype)
 
+    @staticmethod
+    def init_cache(config: ModelConfig, batch: int) -> ModelCache:
+        """The decoding state before the first token, for ``batch`` sequences."""
+        return ModelCache(t=jnp.zeros((), jnp.int32),
+                          blocks=tuple(Block.init_cache(config, kind, batch) for kind in config.block_types))
+
     def _embed(self, tokens):
         vocab = self.config.vocab_size
         # Out-of-range ids (negative ones included) read past the table, where take fills NaN.
@@ -71,12 +88,11 @@ class LanguageModel(nn.Module):
             aux = aux + a
         return self._logits(x), aux
 
-    def step(self, token, cache):
-        """token: (batch,) int at position ``cache["t"]`` -> (logits (batch, vocab), new cache)."""
-        t = cache["t"]
+    def step(self, token, cache: ModelCache):
+        """token: (batch,) int at position ``cache.t`` -> (logits (batch, vocab), new cache)."""
         x = self._embed(token)
         layers = []
-        for block, layer_cache in zip(self.blocks, cache["blocks"]):
-            x, layer_cache = block.step(x, layer_cache, t)
+        for block, layer_cache in zip(self.blocks, cache.blocks):
+            x, layer_cache = block.step(x, layer_cache, cache.t)
             layers.append(layer_cache)
-        return self._logits(x), {"t": t + 1, "blocks": tuple(layers)}
+        return self._logits(x), ModelCache(t=cache.t + 1, blocks=tuple(layers))

@@ -16,16 +16,15 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from . import decode
 from . import layer as layer_lib
 from . import model as model_lib
-from .config import ModelConfig
+from .config import BlockType, ModelConfig
 
 
 class BMojoLayer(nnx.Module):
     """NNX form of ``bmojo.BMojoLayer``: (batch, L, d_model) -> ((batch, L, d_model), aux)."""
 
-    def __init__(self, config: ModelConfig, kind: str = "bmojo", *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, kind: BlockType | str = BlockType.BMOJO, *, rngs: nnx.Rngs):
         self.config, self.kind = config, kind
         self.linen = nnx.bridge.ToNNX(layer_lib.BMojoLayer(config, kind), rngs=rngs)
         self.linen.lazy_init(jnp.zeros((1, config.chunk_size, config.d_model), config.dtype))
@@ -33,11 +32,11 @@ class BMojoLayer(nnx.Module):
     def __call__(self, x):
         return self.linen(x)
 
-    def init_cache(self, batch: int) -> dict:
+    def init_cache(self, batch: int) -> layer_lib.LayerCache:
         """The empty decoding state of this layer for ``batch`` sequences."""
-        return layer_lib.init_layer_cache(self.config, self.kind, batch)
+        return layer_lib.BMojoLayer.init_cache(self.config, self.kind, batch)
 
-    def step(self, x, cache: dict, t):
+    def step(self, x, cache: layer_lib.LayerCache, t):
         """One token x: (batch, d_model) at position t (int32 scalar) -> (y, new cache)."""
         return self.linen(x, cache, t, method="step")
 
@@ -53,10 +52,10 @@ class LanguageModel(nnx.Module):
     def __call__(self, tokens):
         return self.linen(tokens)
 
-    def init_cache(self, batch: int) -> dict:
+    def init_cache(self, batch: int) -> model_lib.ModelCache:
         """The empty decoding cache for ``batch`` sequences (as ``bmojo.init_cache``)."""
-        return decode.init_cache(self.config, batch)
+        return model_lib.LanguageModel.init_cache(self.config, batch)
 
-    def step(self, token, cache: dict):
-        """token: (batch,) int at position ``cache["t"]`` -> (logits (batch, vocab), new cache)."""
+    def step(self, token, cache: model_lib.ModelCache):
+        """token: (batch,) int at position ``cache.t`` -> (logits (batch, vocab), new cache)."""
         return self.linen(token, cache, method="step")

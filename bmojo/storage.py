@@ -28,6 +28,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 NEG_INF = -jnp.inf
 
@@ -111,37 +112,70 @@ def ring_size(*, capacity: int, block: int, chunk: int, horizon: int) -> int:
     return capacity + -(-(chunk + horizon) // block) + 1
 
 
-def empty_ring(batch: int, size: int, block: int, kv_heads: int, head_dim: int, dtype) -> dict:
-    """Decoding store of blocks: keys/values (batch, size, B, kv_heads, head_dim), block keys
-    (batch, size, kv_heads, head_dim) float32 and block indices ``index`` (size,) (-1: empty)."""
-    return {"k": jnp.zeros((batch, size, block, kv_heads, head_dim), dtype),
-            "v": jnp.zeros((batch, size, block, kv_heads, head_dim), dtype),
-            "key": jnp.zeros((batch, size, kv_heads, head_dim), jnp.float32),
-            "index": jnp.full((size,), -1, jnp.int32)}
+@struct.dataclass
+class StorageRing:
+    """Decoding store of blocks: keys/values ``k``, ``v`` (batch, size, B, kv_heads, head_dim), block
+    keys ``key`` (batch, size, kv_heads, head_dim) float32 and block indices ``index`` (size,) (-1:
+    empty); block j lives in entry j % size."""
+
+    k: jax.Array
+    v: jax.Array
+    key: jax.Array
+    index: jax.Array
 
 
-def ring_insert(ring: dict, index, k, v) -> dict:
+@struct.dataclass
+class StorageCache:
+    """Decoding state of a layer's in-storage memory: the ``ring`` of stored blocks and the slots
+    retrieved for the current chunk, ``k``, ``v`` (batch, r * B, kv_heads, head_dim) and ``pos``
+    (batch, r * B) (-1: empty)."""
+
+    ring: StorageRing
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+
+
+def empty_ring(batch: int, size: int, block: int, kv_heads: int, head_dim: int, dtype) -> StorageRing:
+    """A ring of ``size`` blocks of ``block`` tokens, all empty."""
+    return StorageRing(k=jnp.zeros((batch, size, block, kv_heads, head_dim), dtype),
+                       v=jnp.zeros((batch, size, block, kv_heads, head_dim), dtype),
+                       key=jnp.zeros((batch, size, kv_heads, head_dim), jnp.float32),
+                       index=jnp.full((size,), -1, jnp.int32))
+
+
+def empty_cache(batch: int, *, capacity: int, block: int, chunk: int, horizon: int, topk: int,
+                kv_heads: int, head_dim: int, dtype) -> StorageCache:
+    """The decoding state before the first token: an empty ring (``ring_size`` blocks) and
+    ``topk * block`` empty slots."""
+    size = ring_size(capacity=capacity, block=block, chunk=chunk, horizon=horizon)
+    slots = topk * block
+    kv = lambda: jnp.zeros((batch, slots, kv_heads, head_dim), dtype)  # noqa: E731
+    return StorageCache(ring=empty_ring(batch, size, block, kv_heads, head_dim, dtype), k=kv(), v=kv(),
+                        pos=jnp.full((batch, slots), -1, jnp.int32))
+
+
+def ring_insert(ring: StorageRing, index, k, v) -> StorageRing:
     """Store block ``index`` (int32 scalar) with keys/values (batch, B, kv_heads, head_dim)."""
-    slot = index % ring["index"].shape[0]
+    slot = index % ring.index.shape[0]
     put = lambda a, x: jax.lax.dynamic_update_index_in_dim(a, x.astype(a.dtype), slot, axis=1)  # noqa: E731
-    return {"k": put(ring["k"], k), "v": put(ring["v"], v),
-            "key": put(ring["key"], k.astype(jnp.float32).mean(axis=1)),
-            "index": ring["index"].at[slot].set(index)}
+    return StorageRing(k=put(ring.k, k), v=put(ring.v, v), key=put(ring.key, k.astype(jnp.float32).mean(axis=1)),
+                       index=ring.index.at[slot].set(index))
 
 
-def ring_retrieve(ring: dict, q, chunk_start, *, block: int, horizon: int, capacity: int, topk: int,
+def ring_retrieve(ring: StorageRing, q, chunk_start, *, block: int, horizon: int, capacity: int, topk: int,
                   stored_pos=None):
     """Retrieval for the chunk starting at ``chunk_start`` with its first query q (batch, heads,
     head_dim). Returns k, v (batch, r * B, kv_heads, head_dim) and pos (batch, r * B). Blocks are
     ranked by index before the top-r, so ties go to the older block as in ``retrieve``."""
-    order = jnp.argsort(ring["index"])  # ascending block index (empty entries first, masked)
-    index = ring["index"][order]
-    s = scores(q, ring["key"][:, order])  # (batch, size)
+    order = jnp.argsort(ring.index)  # ascending block index (empty entries first, masked)
+    index = ring.index[order]
+    s = scores(q, ring.key[:, order])  # (batch, size)
     ok = eligible(index, chunk_start, block=block, horizon=horizon, capacity=capacity)
     count = min(topk, index.shape[0])
     top, picked = jax.lax.top_k(jnp.where(ok[None], s, NEG_INF), count)
     pos = _token_positions(index[picked], top > NEG_INF, block)
     pos = exclude(pos, stored_pos)
     take = lambda a: jax.vmap(lambda x, i: x[i])(a[:, order], picked)  # noqa: E731
-    shape = (q.shape[0], count * block, *ring["k"].shape[3:])
-    return take(ring["k"]).reshape(shape), take(ring["v"]).reshape(shape), pos
+    shape = (q.shape[0], count * block, *ring.k.shape[3:])
+    return take(ring.k).reshape(shape), take(ring.v).reshape(shape), pos

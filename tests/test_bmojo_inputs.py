@@ -12,7 +12,7 @@ import pytest
 import bmojo
 
 SIZES = dict(vocab_size=16, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, window=3, chunk_size=4,
-             ssm_state=4, memory_slots=3, max_len=32, d_ff=16, ssm_head_dim=8, ssd_block_len=8)
+             ssm_state=4, memory_slots=3, max_len=32, d_ff=16, ssm_head_dim=8, ssd_chunk_size=8)
 LENGTH, T = 20, 11
 
 
@@ -55,7 +55,7 @@ def test_a_bad_id_under_jit_poisons_only_its_own_and_later_positions(name):
         assert bool(jnp.all(jnp.isnan(logits[1, T])))
 
 
-@pytest.mark.parametrize("kind", bmojo.BLOCK_TYPES)
+@pytest.mark.parametrize("kind", list(bmojo.BlockType))
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_input_reaches_no_earlier_position_of_any_layer(kind, value):
     config = bmojo.ModelConfig(**{**SIZES, "n_layers": 1, "block_types": (kind,)})

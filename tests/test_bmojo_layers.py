@@ -3,7 +3,6 @@ attention only (SSM and store off) is (sliding-window / causal) attention with R
 kv heads; SSM only is the Mamba-1 / Mamba-2 mixer."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,7 +13,7 @@ BATCH, LENGTH = 2, 12
 
 def _layer(kind, **fields):
     base = dict(vocab_size=8, d_model=16, n_layers=1, n_heads=4, n_kv_heads=2, window=4, ssm_state=4,
-                d_ff=0, max_len=LENGTH, ssm_head_dim=8, ssd_block_len=8, block_types=(kind,))
+                d_ff=0, max_len=LENGTH, ssm_head_dim=8, ssd_chunk_size=8, block_types=(kind,))
     config = bmojo.ModelConfig(**{**base, **fields})
     layer = bmojo.BMojoLayer(config, kind)
     x = jax.random.normal(jax.random.key(0), (BATCH, LENGTH, config.d_model))
@@ -102,10 +101,10 @@ def test_attention_only_layer_is_sliding_window_attention(kind, window):
     config, layer, params, x = _layer(kind, window=window)
     y, aux = layer.apply(params, x)
     assert float(aux) == 0.0 and set(params["params"]) == {"attn"}
-    expected = _attention(_np(params["params"]["attn"]), np.asarray(x, np.float64),
-                          config.layer_window(kind))
+    window = LENGTH if kind == "attention" else window  # full attention: window max_len = LENGTH
+    expected = _attention(_np(params["params"]["attn"]), np.asarray(x, np.float64), window)
     np.testing.assert_allclose(y, expected, atol=2e-5, rtol=1e-5)
-    standalone = bmojo.SlidingWindowAttention(config, config.layer_window(kind))
+    standalone = bmojo.SlidingWindowAttention(config, window)
     np.testing.assert_allclose(standalone.apply({"params": params["params"]["attn"]}, x), y, atol=1e-6)
 
 

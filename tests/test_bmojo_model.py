@@ -3,6 +3,7 @@ SSM residual, RoPE): jit + finite loss/grads, causality, step-by-step decoding =
 greedy/temperature generation; orbax checkpoint round trip."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import bmojo
 # window 4 and chunk 6 (different on purpose), length 28: 7 windows and 5 chunks.
 TINY = dict(vocab_size=32, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, window=4, chunk_size=6,
             ssm_state=4, memory_slots=3, memory_topk=2, max_len=64, d_ff=32, ssm_head_dim=8,
-            ssd_block_len=16)
+            ssd_chunk_size=16)
 LENGTH, CUT = 28, 13
 CASES = {name: (name, {}) for name in bmojo.PRESETS} | {
     "bmojo:learned-topk-oldest": ("bmojo", dict(innovation="learned", memory_select="topk",
@@ -52,7 +53,7 @@ def test_jit_loss_grads_and_parameter_count(name):
     config, params, tokens, logits, aux, value, grads = _run(name)
     assert logits.shape == (2, LENGTH, config.vocab_size) and logits.dtype == jnp.float32
     assert np.isfinite(float(value)) and np.isfinite(float(aux))
-    learned = any(config.uses_memory(kind) for kind in config.block_types) and config.innovation == "learned"
+    learned = any(spec.memory for spec in config.layer_specs()) and config.innovation == "learned"
     assert (float(aux) > 0) == learned
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
@@ -83,6 +84,22 @@ def test_decode_matches_parallel(name):
     config, params, tokens, logits = _run(name)[:4]
     stepped = _decode_fn(config)(params, tokens)
     assert float(jnp.abs(stepped - logits).max()) <= 1e-4
+
+
+def test_decode_cache_holds_each_layers_state():
+    """bmojo_attn with TINY sizes: a B'MOJO layer (Mamba-1: d_inner 32, state 4, conv 4; W = 4, C = 6,
+    3 slots) and a full-attention layer (max_len 64); one kv head of width 8."""
+    config = bmojo.preset("bmojo_attn", **TINY)
+    cache = jax.eval_shape(lambda: bmojo.init_cache(config, 2))
+    shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)  # noqa: E731
+    assert isinstance(cache, bmojo.ModelCache) and cache.t.shape == ()
+    first, second = cache.blocks
+    assert shapes(first.ssm) == bmojo.mamba.MambaCache(conv=(2, 3, 32), ssm=(2, 32, 4))
+    assert first.context.k.shape == (2, 2 * 4 + 6, 1, 8)  # kept until the token was a store candidate
+    assert first.fading.k.shape == (2, 2 * 4, 1, 8) and first.memory.store["k"].shape == (2, 3, 1, 8)
+    assert first.memory.f_past.shape == (2, config.innovation_order, 16) and first.storage is None
+    assert (second.ssm, second.fading, second.memory, second.storage) == (None,) * 4
+    assert second.context.k.shape == (2, 64, 1, 8) and second.context.pos.shape == (64,)
 
 
 def test_decode_cache_size_is_constant():
@@ -116,3 +133,9 @@ def test_checkpoint_round_trip(tmp_path):
     assert jax.tree.structure(restored) == jax.tree.structure(params)
     for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # a model saved before ssd_block_len was renamed ssd_chunk_size
+    saved = tmp_path / "ckpt" / "config.json"
+    old = json.loads(saved.read_text())
+    old["ssd_block_len"] = old.pop("ssd_chunk_size")
+    saved.write_text(json.dumps(old))
+    assert bmojo.restore(str(tmp_path / "ckpt"))[1] == config

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import bmojo
-from bmojo.config import ATTENTION_TYPES, SSM_TYPES
 
 
 def masked_accuracy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -30,17 +29,17 @@ def memory_floats(model: bmojo.ModelConfig, seq_len: int) -> int:
     counted, so this is at most the size of `bmojo.init_cache`.
     """
     kv = 2 * model.n_kv_heads * model.head_dim
-    state = jax.eval_shape(lambda: bmojo.mamba.init_state(model, 1))
+    state = jax.eval_shape(lambda: bmojo.mamba.mixer_type(model.ssm_kind).init_cache(model, 1))
     ssm = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
     total = 0
-    for kind in model.block_types:
-        if kind in ATTENTION_TYPES:
-            total += kv * (min(seq_len, model.max_len) if kind == "attention" else model.window)
-        if model.uses_fading(kind):
-            total += kv * model.window
-        if kind in SSM_TYPES:
+    for spec in model.layer_specs():
+        if spec.has_attention:
+            total += kv * (min(seq_len, spec.window) if spec.kind == bmojo.BlockType.ATTENTION else spec.window)
+        if spec.fading:
+            total += kv * spec.window
+        if spec.has_ssm:
             total += ssm
-        if model.uses_memory(kind):
+        if spec.memory:
             total += kv * model.memory_slots
     return total
 

@@ -52,7 +52,7 @@ def model_config(config: Config, arm: Arm) -> bmojo.ModelConfig:
                   ssm_state=config.ssm_state, memory_slots=config.memory_slots,
                   memory_topk=config.memory_topk, memory_threshold=config.memory_threshold,
                   max_len=max(config.seq_len, config.eval_length), ssm_head_dim=min(16, 2 * config.d_model),
-                  ssd_block_len=max(16, min(64, 1 << (config.seq_len.bit_length() - 1))))
+                  ssd_chunk_size=max(16, min(64, 1 << (config.seq_len.bit_length() - 1))))
     if arm.preset in HYBRIDS:
         fields["ssm_kind"] = config.hybrid_ssm
     if arm.preset in BMOJO and config.ssm_residual:

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 import bmojo
-from bmojo.config import ATTENTION_TYPES, SSM_TYPES
 from experiments.language_model.config import Config, split_name
 
 
@@ -32,8 +31,8 @@ def base_fields(config: Config, vocab_size: int) -> dict:
 
 def is_hybrid(name: str) -> bool:
     """A preset that mixes SSM and attention blocks (its SSM is `Config.hybrid_ssm`)."""
-    kinds = set(bmojo.preset(name).block_types)
-    return bool(kinds & set(SSM_TYPES)) and bool(kinds & set(ATTENTION_TYPES))
+    specs = bmojo.preset(name).layer_specs()
+    return any(s.has_ssm for s in specs) and any(s.has_attention for s in specs)
 
 
 def model_config(config: Config, name: str, vocab_size: int) -> bmojo.ModelConfig:
