@@ -16,7 +16,7 @@ The store of one layer holds ``slots`` tokens: their keys and values (batch, slo
 head_dim), positions ``pos`` (batch, slots) int32 (-1: empty) and innovation scores ``score``
 (batch, slots) float32 (-inf: empty). After chunk c (tokens cC .. cC+C-1) the C tokens that
 have just left every window, positions ``cC - H + 1 .. cC + C - H`` (``H`` = the layer's
-horizon, see ``ModelConfig.horizon``), are the candidates: each token is a candidate exactly
+horizon, see ``LayerSpec.horizon``), are the candidates: each token is a candidate exactly
 once. ``update_store`` applies the rule; ``store_snapshots`` runs it over a whole sequence and
 returns the store as it was at the start of every chunk, which is what the queries of that
 chunk may read. Decoding calls ``update_store`` with the same candidates after the last token of

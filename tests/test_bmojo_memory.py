@@ -130,7 +130,7 @@ def test_layer_innovation_and_store_follow_the_paper_rule(select):
     store = state["intermediates"]["store"][0]
     rule = memory.StoreRule.from_config(config)
     for b in range(2):
-        _, final = _oracle(expected[b].tolist(), chunk, config.horizon("bmojo"), slots, rule)
+        _, final = _oracle(expected[b].tolist(), chunk, config.layer_spec("bmojo").horizon, slots, rule)
         pos = np.asarray(store["pos"][b])
         assert sorted(pos[pos >= 0].tolist()) == final
 

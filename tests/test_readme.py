@@ -35,7 +35,8 @@ def test_readme_snippets_run(tmp_path):
 def test_readme_set_up_line_names_the_extras_and_the_python_version():
     setup = next(line for line in README.splitlines() if re.search(r"#\s*set-up\s*$", line))
     extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    assert '".[experiments,test]"' in setup and extras == {"experiments", "test"}
+    assert '".[experiments,test]"' in setup and extras == {"experiments", "test", "peers"}
+    assert '".[peers]"' in README
     assert "Python 3.11+" in README
 
 
