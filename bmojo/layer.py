@@ -44,7 +44,7 @@ class MemoryCache:
 
     score: jax.Array
     f_past: jax.Array
-    store: dict
+    store: memory.Store
 
 
 @struct.dataclass
@@ -147,8 +147,8 @@ class BMojoLayer(nn.Module):
             snaps, final = memory.store_snapshots(
                 k, v, e, slots=c.memory_slots, chunk=c.chunk_size, horizon=spec.horizon,
                 rule=memory.StoreRule.from_config(c))
-            self.sow("intermediates", "store", {"pos": final["pos"], "score": final["score"]})
-            slots.append((snaps["k"], snaps["v"], snaps["pos"]))
+            self.sow("intermediates", "store", {"pos": final.pos, "score": final.score})
+            slots.append((snaps.k, snaps.v, snaps.pos))
         if spec.storage:
             retrieved = storage.retrieve(q, k, v, stored_pos=slots[0][2] if slots else None,
                                          chunk=c.chunk_size, **_storage_sizes(c, spec))
@@ -189,7 +189,7 @@ class BMojoLayer(nn.Module):
             score = cache.memory.score.at[:, t % context.pos.shape[0]].set(e[:, 0])
             cache = cache.replace(memory=cache.memory.replace(score=score, f_past=f_past))
             store = cache.memory.store
-            sources.append((store["k"], store["v"], masks.memory_visible(t, store["pos"], w, spec.fading)))
+            sources.append((store.k, store.v, masks.memory_visible(t, store.pos, w, spec.fading)))
         if spec.storage:
             cache = cache.replace(storage=self._retrieve_at_chunk_start(cache, q, t))
             retrieved = cache.storage
@@ -204,7 +204,7 @@ class BMojoLayer(nn.Module):
     def _retrieve_at_chunk_start(self, cache: LayerCache, q, t) -> storage.StorageCache:
         """At the first token of a chunk, the slots retrieved with its query q (batch, heads, head_dim)."""
         c, old = self.config, cache.storage
-        stored_pos = cache.memory.store["pos"] if self.spec.memory else None
+        stored_pos = cache.memory.store.pos if self.spec.memory else None
         k, v, pos = storage.ring_retrieve(old.ring, q, t, stored_pos=stored_pos, **_storage_sizes(c, self.spec))
         starts = t % c.chunk_size == 0
         keep = lambda new, before: jnp.where(starts, new.astype(before.dtype), before)  # noqa: E731
@@ -218,11 +218,11 @@ class BMojoLayer(nn.Module):
         done = (t + 1) % b == 0
         return jax.tree.map(lambda new, old: jnp.where(done, new, old), updated, ring)
 
-    def _update_store_at_chunk_end(self, cache: LayerCache, t) -> dict:
+    def _update_store_at_chunk_end(self, cache: LayerCache, t) -> memory.Store:
         """After the last token of a chunk, offer the store the tokens that have just left every
         window (``memory.chunk_candidates``)."""
         c, store = self.config, cache.memory.store
-        batch = store["pos"].shape[0]
+        batch = store.pos.shape[0]
         pos = memory.chunk_candidates(t // c.chunk_size, c.chunk_size, self.spec.horizon)
         k, v, valid = cache.context.read(pos)
         score = cache.memory.score[:, pos % cache.context.pos.shape[0]]

@@ -39,6 +39,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 NEG_INF = -jnp.inf
 
@@ -108,11 +109,23 @@ def running_mean_innovation(y, order: int, history=None, start=0):
     return jnp.sum(diff * diff, axis=-1), padded[:, length:]
 
 
-def empty_store(batch: int, slots: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> dict:
-    return {"k": jnp.zeros((batch, slots, kv_heads, head_dim), dtype),
-            "v": jnp.zeros((batch, slots, kv_heads, head_dim), dtype),
-            "pos": jnp.full((batch, slots), -1, jnp.int32),
-            "score": jnp.full((batch, slots), NEG_INF, jnp.float32)}
+@struct.dataclass
+class Store:
+    """The eidetic store: ``k``, ``v`` (batch, slots, kv_heads, head_dim) of the stored tokens,
+    their positions ``pos`` (batch, slots) int32 (-1: empty slot) and innovations ``score``
+    (batch, slots) float32 (-inf: empty). Snapshots per chunk carry a chunk axis after batch."""
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+    score: jax.Array
+
+
+def empty_store(batch: int, slots: int, kv_heads: int, head_dim: int, dtype=jnp.float32) -> Store:
+    return Store(k=jnp.zeros((batch, slots, kv_heads, head_dim), dtype),
+                 v=jnp.zeros((batch, slots, kv_heads, head_dim), dtype),
+                 pos=jnp.full((batch, slots), -1, jnp.int32),
+                 score=jnp.full((batch, slots), NEG_INF, jnp.float32))
 
 
 def _gather(x, idx):
@@ -120,7 +133,7 @@ def _gather(x, idx):
     return jax.vmap(lambda a, i: a[i])(x, idx)
 
 
-def update_store(store: dict, k, v, pos, score, valid, rule: StoreRule) -> dict:
+def update_store(store: Store, k, v, pos, score, valid, rule: StoreRule) -> Store:
     """Insert selected candidates into ``store``.
 
     k, v: (batch, C, kv_heads, head_dim) candidate keys/values; pos: (batch, C) int32 positions;
@@ -131,30 +144,28 @@ def update_store(store: dict, k, v, pos, score, valid, rule: StoreRule) -> dict:
     ``LOWEST`` eviction, position for ``OLDEST``; ties keep the entry already in the store).
     A NaN score counts as the lowest possible, so it never evicts a stored token.
     """
-    slots = store["pos"].shape[1]
+    slots = store.pos.shape[1]
     score = jnp.where(jnp.isnan(score), NEG_INF, score.astype(jnp.float32))
     eligible = valid & (score > rule.threshold) if rule.select == Selection.THRESHOLD else valid
     masked = jnp.where(eligible, score, NEG_INF)
     count = masked.shape[1] if rule.select == Selection.ALL else min(rule.topk, masked.shape[1])
     top, idx = jax.lax.top_k(masked, count)
     chosen = jnp.take_along_axis(eligible, idx, axis=1)
-    merged = {"k": jnp.concatenate([store["k"], _gather(k, idx).astype(store["k"].dtype)], axis=1),
-              "v": jnp.concatenate([store["v"], _gather(v, idx).astype(store["v"].dtype)], axis=1),
-              "pos": jnp.concatenate([store["pos"], jnp.where(chosen, _gather(pos, idx), -1)], axis=1),
-              "score": jnp.concatenate([store["score"], jnp.where(chosen, top, NEG_INF)], axis=1)}
-    occupied = merged["pos"] >= 0
+    merged = Store(k=jnp.concatenate([store.k, _gather(k, idx).astype(store.k.dtype)], axis=1),
+                   v=jnp.concatenate([store.v, _gather(v, idx).astype(store.v.dtype)], axis=1),
+                   pos=jnp.concatenate([store.pos, jnp.where(chosen, _gather(pos, idx), -1)], axis=1),
+                   score=jnp.concatenate([store.score, jnp.where(chosen, top, NEG_INF)], axis=1))
+    occupied = merged.pos >= 0
     if rule.evict == Eviction.OLDEST:
-        priority = jnp.where(occupied, merged["pos"].astype(jnp.float32), NEG_INF)
+        priority = jnp.where(occupied, merged.pos.astype(jnp.float32), NEG_INF)
     else:
         # Occupied entries rank by score (even a score of -inf beats an empty entry).
-        priority = jnp.where(occupied, merged["score"], NEG_INF)
+        priority = jnp.where(occupied, merged.score, NEG_INF)
         priority = jnp.where(occupied & jnp.isneginf(priority), jnp.finfo(jnp.float32).min, priority)
     _, keep = jax.lax.top_k(priority, slots)
-    out = {name: _gather(a, keep) for name, a in merged.items()}
-    empty = out["pos"] < 0
-    out["pos"] = jnp.where(empty, -1, out["pos"])
-    out["score"] = jnp.where(empty, NEG_INF, out["score"])
-    return out
+    out = jax.tree.map(lambda a: _gather(a, keep), merged)
+    empty = out.pos < 0
+    return out.replace(pos=jnp.where(empty, -1, out.pos), score=jnp.where(empty, NEG_INF, out.score))
 
 
 def chunk_candidates(chunk_index, chunk: int, horizon: int):
@@ -168,7 +179,7 @@ def store_snapshots(k, v, score, *, slots: int, chunk: int, horizon: int, rule: 
     ``rule`` static), so repeated eager calls compile once.
 
     k, v: (batch, length, kv_heads, head_dim); score: (batch, length).
-    snapshots: the store at the start of each chunk, with a chunk axis after batch:
+    snapshots: the ``Store`` at the start of each chunk, with a chunk axis after batch:
     k/v (batch, chunks, slots, kv_heads, head_dim), pos/score (batch, chunks, slots).
     """
     batch, length, kv_heads, head_dim = k.shape

@@ -65,17 +65,17 @@ def test_store_rule_matches_oracle(select, evict):
     pos_code = jnp.arange(length, dtype=jnp.float32)[None, :, None, None] + 100.0 * jnp.arange(batch)[:, None, None, None]
     k = jnp.broadcast_to(pos_code, (batch, length, 1, 2))
     snaps, final = memory.store_snapshots(k, -k, scores, slots=slots, chunk=chunk, horizon=horizon, rule=rule)
-    assert snaps["pos"].shape == (batch, -(-length // chunk), slots)
+    assert snaps.pos.shape == (batch, -(-length // chunk), slots)
     for b in range(batch):
         expected, expected_final = _oracle(np.asarray(scores[b]).tolist(), chunk, horizon, slots, rule)
         for c, want in enumerate(expected):
-            pos = np.asarray(snaps["pos"][b, c])
+            pos = np.asarray(snaps.pos[b, c])
             assert sorted(pos[pos >= 0].tolist()) == want
             filled = pos >= 0
-            np.testing.assert_array_equal(np.asarray(snaps["k"][b, c, :, 0, 0])[filled], pos[filled] + 100 * b)
-            np.testing.assert_array_equal(np.asarray(snaps["score"][b, c])[filled], np.asarray(scores[b])[pos[filled]])
-            assert bool(jnp.all(jnp.isneginf(snaps["score"][b, c][~filled])))
-        final_pos = np.asarray(final["pos"][b])
+            np.testing.assert_array_equal(np.asarray(snaps.k[b, c, :, 0, 0])[filled], pos[filled] + 100 * b)
+            np.testing.assert_array_equal(np.asarray(snaps.score[b, c])[filled], np.asarray(scores[b])[pos[filled]])
+            assert bool(jnp.all(jnp.isneginf(snaps.score[b, c][~filled])))
+        final_pos = np.asarray(final.pos[b])
         assert sorted(final_pos[final_pos >= 0].tolist()) == expected_final
 
 
@@ -107,7 +107,7 @@ def test_store_keeps_exactly_the_surprising_tokens_of_a_constructed_sequence():
     for evict, expected in (("lowest", sorted(spikes)), ("oldest", list(range(last - 3, last + 1)))):
         rule = memory.StoreRule(memory.Selection.ALL, memory.Eviction(evict))
         _, final = memory.store_snapshots(k, k, e, slots=len(spikes), chunk=chunk, horizon=horizon, rule=rule)
-        assert sorted(np.asarray(final["pos"][0]).tolist()) == expected
+        assert sorted(np.asarray(final.pos[0]).tolist()) == expected
     np.testing.assert_allclose(np.sort(np.asarray(e[0]))[-4:], sorted(d * s * s for s in spikes.values()),
                                rtol=1e-5)
 

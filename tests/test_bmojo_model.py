@@ -96,7 +96,7 @@ def test_decode_cache_holds_each_layers_state():
     first, second = cache.blocks
     assert shapes(first.ssm) == bmojo.mamba.MambaCache(conv=(2, 3, 32), ssm=(2, 32, 4))
     assert first.context.k.shape == (2, 2 * 4 + 6, 1, 8)  # kept until the token was a store candidate
-    assert first.fading.k.shape == (2, 2 * 4, 1, 8) and first.memory.store["k"].shape == (2, 3, 1, 8)
+    assert first.fading.k.shape == (2, 2 * 4, 1, 8) and first.memory.store.k.shape == (2, 3, 1, 8)
     assert first.memory.f_past.shape == (2, config.innovation_order, 16) and first.storage is None
     assert (second.ssm, second.fading, second.memory, second.storage) == (None,) * 4
     assert second.context.k.shape == (2, 64, 1, 8) and second.context.pos.shape == (64,)

@@ -59,4 +59,4 @@ def test_nnx_layer_decode_equals_parallel():
         y, cache = step(layer, x[:, t], cache, jnp.int32(t))
         steps.append(y)
     np.testing.assert_allclose(np.stack(steps, axis=1), parallel, rtol=1e-4, atol=1e-5)
-    assert int((cache.memory.store["pos"] >= 0).sum()) > 0  # tokens entered the eidetic store
+    assert int((cache.memory.store.pos >= 0).sum()) > 0  # tokens entered the eidetic store
