@@ -1,9 +1,9 @@
 """The B'MOJO layer: fading memory (SSM), innovation test, eidetic store, one attention.
 
 Depending on the block type (``bmojo.config.BlockType``; what each holds is its
-``ModelConfig.layer_spec``) parts are switched off, which gives the special cases: attention alone (``"attention"``, ``"swa"``), the SSM alone (``"mamba"``),
-SSM + attention over the in-context and fading windows (``"bmojo_f"``), and all three
-sources (``"bmojo"``).
+``ModelConfig.layer_spec``) parts are switched off, which gives the special cases: attention
+alone (``"attention"``, ``"swa"``), the SSM alone (``"mamba"``), SSM + attention over the
+in-context and fading windows (``"bmojo_f"``), and all three sources (``"bmojo"``).
 
 For input x (batch, L, d_model), window W, chunk C:
   f = SSM(x)
