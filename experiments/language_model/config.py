@@ -93,9 +93,9 @@ class Config:
     """SSM state size N per channel."""
     hybrid_ssm: str = "mamba2"
     """SSM of the presets that mix an SSM with attention (jamba, bmojo_f, bmojo, interleaved):
-    'mamba1' (the presets' own) or 'mamba2' (faster on CPU: in this default's training, the mamba
-    preset runs at 0.79x the Transformer's tokens/s and mamba2 at 1.27x). mamba and mamba2 keep
-    theirs."""
+    'mamba1' (the presets' own) or 'mamba2' (faster on CPU: in two runs of this default, the mamba
+    preset trained at 0.53-0.79x the Transformer's tokens/s and mamba2 at 0.94-1.27x). mamba and
+    mamba2 keep theirs."""
     memory_slots: int = 16
     """Eidetic capacity M of the bmojo presets."""
     storage_blocks: int = 128
